@@ -1,0 +1,205 @@
+"""Messages of the agent channel, one frozen dataclass per message type.
+
+Every message is a JSON object with a `type` field naming it. Binary payloads
+(`bytes` fields) travel base64-encoded. The codec (`codec.py`) validates every
+field against the annotations below, so a handler only ever sees well-typed
+messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every channel message."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# --- shared pieces -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What an agent reports about its node on every connection."""
+
+    hostname: str
+    platform_type: str  # "Linux", "MacOS", "Windows"
+    platform_name: str  # e.g. "debian"
+    platform_version: str  # e.g. "12"
+    kernel: str
+    arch: str
+    ip_addresses: list[str]
+    agent_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One fully rendered shell step: the agent runs `script` as written."""
+
+    name: str
+    script: str
+    env: dict[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+    timeout_seconds: int | None = None
+    # "exit" stops the invocation after this step fails; "continue" runs the next step.
+    on_failure: str = "exit"
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How one step of an invocation ended."""
+
+    name: str
+    status: str
+    response_code: int | None
+
+
+# --- server -> agent ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame on a connection: a fresh nonce the agent must sign."""
+
+    TYPE: ClassVar[str] = "hello"
+    nonce: bytes
+    protocol_versions: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """The server accepted the agent's proof of identity."""
+
+    TYPE: ClassVar[str] = "welcome"
+    node_id: str
+    protocol_version: int
+    heartbeat_seconds: float
+    max_message_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke(Message):
+    """Run this invocation. May arrive more than once; the agent runs it at most once."""
+
+    TYPE: ClassVar[str] = "invoke"
+    command_id: str
+    steps: list[Step]
+    # Overall execution timeout; when set, it replaces the steps' own timeouts.
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Stop this invocation: kill its whole process group."""
+
+    TYPE: ClassVar[str] = "cancel"
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRewind(Message):
+    """The server holds `offset` bytes of this stream; send again from there."""
+
+    TYPE: ClassVar[str] = "output_rewind"
+    command_id: str
+    stream: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultAck(Message):
+    """The server stored the result; the agent may forget the buffered output."""
+
+    TYPE: ClassVar[str] = "result_ack"
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage(Message):
+    """The peer is told why, in safe words, before the connection closes or a frame is dropped."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+# --- agent -> server ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Message):
+    """The agent's proof of identity: the server's nonce signed with the node key."""
+
+    TYPE: ClassVar[str] = "auth"
+    node_id: str
+    signature: bytes
+    protocol_version: int
+    info: NodeInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """The agent is alive; sent every `heartbeat_seconds`."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Message):
+    """The agent journaled the invocation (or had already); it is running or done."""
+
+    TYPE: ClassVar[str] = "accepted"
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Message):
+    """A chunk of an invocation's stdout or stderr, starting at byte `offset` of that stream."""
+
+    TYPE: ClassVar[str] = "output"
+    command_id: str
+    stream: str  # "stdout" | "stderr"
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Message):
+    """How an invocation ended; the byte totals let the server check it holds all output."""
+
+    TYPE: ClassVar[str] = "result"
+    command_id: str
+    status: str
+    status_details: str
+    response_code: int | None
+    stdout_bytes: int
+    stderr_bytes: int
+    steps: list[StepResult]
+    started_at: float | None = None
+    ended_at: float | None = None
+    message: str = ""
+
+
+SERVER_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Welcome,
+    Invoke,
+    Cancel,
+    OutputRewind,
+    ResultAck,
+    ErrorMessage,
+)
+AGENT_MESSAGES: tuple[type[Message], ...] = (
+    Auth,
+    Heartbeat,
+    Accepted,
+    Output,
+    Result,
+    ErrorMessage,
+)
