@@ -1,0 +1,338 @@
+"""Run Command fan-out benchmark: prints every figure issue #2 asks for, from one run.
+
+    .venv/bin/python bench/fanout.py [--swarm 1000] [--real 50] [--idle-seconds 10] [--json]
+
+1. floor: N `echo` processes spawned directly from asyncio, concurrency 50;
+2. a real `corral server` (SQLite) and a swarm of N full agents in ONE process
+   (each its own identity, connection and journal): time from the API accepting
+   a `Corral-RunShellScript` `echo` command to the last result stored, with p50/p95
+   per-invocation latency (dispatched -> result stored);
+3. the same with M real `corral agent run` processes;
+4. the server's peak RSS; one idle real agent's RSS and CPU, beside a bare
+   `python -c 'import asyncio, ssl'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from nacl.signing import SigningKey
+
+from corral.agent.identity import save_identity
+
+PYTHON = sys.executable
+ECHO = shutil.which("echo") or "/bin/echo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def floor(count: int, concurrency: int = 50) -> float:
+    """Seconds to spawn `count` echo processes from asyncio, `concurrency` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                ECHO, "hi", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            await proc.communicate()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return time.perf_counter() - start
+
+
+class Bench:
+    """A server process plus the agents under test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        self.token = ""
+
+    def start_server(self) -> None:
+        data = self.root / "server"
+        with (self.root / "server.log").open("ab") as log:
+            self.server = subprocess.Popen(
+                [PYTHON, "-m", "corral", "server", "--data-dir", str(data),
+                 "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            )  # fmt: skip
+        self.processes.append(self.server)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not start; see " + str(self.root / "server.log"))
+            time.sleep(0.1)
+        self.token = (data / "admin-token").read_text().strip()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120
+        )
+
+    async def register(self, count: int, tag: str) -> list[Path]:
+        """Register `count` identities through the real API; returns their state dirs."""
+        async with self.client() as client:
+            response = await client.post(
+                "/api/v1/activations",
+                json={"registration_limit": count, "tags": {"bench": tag}, "description": tag},
+            )
+            response.raise_for_status()
+            activation = response.json()
+            gate = asyncio.Semaphore(20)
+
+            async def one(index: int) -> Path:
+                key = SigningKey.generate()
+                async with gate:
+                    reply = await client.post(
+                        "/api/v1/register",
+                        json={
+                            "activation_id": activation["activation_id"],
+                            "activation_code": activation["activation_code"],
+                            "public_key": base64.b64encode(bytes(key.verify_key)).decode(),
+                            "tags": {},
+                        },
+                    )
+                reply.raise_for_status()
+                state = self.root / tag / f"agent-{index:04d}"
+                save_identity(state, reply.json()["node_id"], self.url, key)
+                return state
+
+            return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+    async def wait_online(self, tag: str, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        async with self.client() as client:
+            while True:
+                nodes = (
+                    await client.get("/api/v1/nodes", params={"targets": f"tag:bench={tag}"})
+                ).json()
+                online = sum(n["ping_status"] == "Online" for n in nodes)
+                if online == count:
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"only {online}/{count} {tag} agents came online")
+                await asyncio.sleep(0.5)
+
+    async def fan_out(self, tag: str) -> dict[str, float]:
+        """Send `echo` to every node with the tag; figures from the server's own timestamps."""
+        async with self.client() as client:
+            response = await client.post(
+                "/api/v1/commands",
+                json={
+                    "document_name": "Corral-RunShellScript",
+                    "targets": [f"tag:bench={tag}"],
+                    "parameters": {"commands": ["echo hi"]},
+                    "max_concurrency": "50",
+                    "max_errors": "0",
+                },
+            )
+            response.raise_for_status()
+            command_id = response.json()["command_id"]
+            while True:
+                command = (await client.get(f"/api/v1/commands/{command_id}")).json()
+                if command["completed_at"]:
+                    break
+                await asyncio.sleep(0.2)
+        invocations = command["invocations"]
+        failed = [i for i in invocations if i["status"] != "Success"]
+        if failed:
+            raise SystemExit(f"{len(failed)} invocations did not succeed: {failed[0]}")
+        accepted = parse_time(command["requested_at"])
+        stored = [parse_time(i["updated_at"]) for i in invocations]
+        latencies = [
+            parse_time(i["updated_at"]) - parse_time(i["dispatched_at"]) for i in invocations
+        ]
+        return {
+            "count": len(invocations),
+            "total_s": max(stored) - accepted,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p95_ms": percentile(latencies, 0.95) * 1000,
+        }
+
+    def start_process_agents(
+        self, states: list[Path], env: dict[str, str] | None = None
+    ) -> list[int]:
+        pids = []
+        for state in states:
+            with (state.parent / f"{state.name}.log").open("ab") as log:
+                process = subprocess.Popen(
+                    [PYTHON, "-m", "corral", "agent", "run", "--state-dir", str(state),
+                     "--log-level", "warning"],
+                    stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})},
+                    start_new_session=True,
+                )  # fmt: skip
+            self.processes.append(process)
+            pids.append(process.pid)
+        return pids
+
+    def start_swarm(self, states: list[Path]) -> int:
+        listing = self.root / "swarm-dirs.txt"
+        listing.write_text("\n".join(str(s) for s in states))
+        code = (
+            "import asyncio, sys\n"
+            "from pathlib import Path\n"
+            "from corral.agent.options import AgentOptions\n"
+            "from corral.agent.swarm import run_swarm\n"
+            "dirs = [Path(p) for p in Path(sys.argv[1]).read_text().split()]\n"
+            "asyncio.run(run_swarm(dirs, AgentOptions.from_env()))\n"
+        )
+        with (self.root / "swarm.log").open("ab") as log:
+            process = subprocess.Popen(
+                [PYTHON, "-c", code, str(listing)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            )  # fmt: skip
+        self.processes.append(process)
+        return process.pid
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def bare_python_rss() -> float:
+    """KiB resident in a bare `python -c 'import asyncio, ssl'` process, read like the agent's."""
+    code = "import asyncio, ssl, sys; print('ready', flush=True); sys.stdin.read()"
+    process = subprocess.Popen(
+        [PYTHON, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        return proc_status(process.pid, "VmRSS")
+    finally:
+        process.communicate("")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--swarm", type=int, default=1000, help="agents in the one-process swarm")
+    parser.add_argument("--real", type=int, default=50, help="real agent processes")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {}
+    floor_s = await floor(args.swarm)
+    results["floor_s"] = floor_s
+    print(f"(a) floor: {args.swarm} echo spawned from asyncio, concurrency 50: {floor_s:.3f} s")
+
+    root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    bench = Bench(root)
+    try:
+        bench.start_server()
+        assert bench.server is not None
+        if args.swarm:
+            states = await bench.register(args.swarm, "swarm")
+            bench.start_swarm(states)
+            await bench.wait_online("swarm", args.swarm)
+            swarm = await bench.fan_out("swarm")
+            results["swarm"] = swarm
+            print(
+                f"(b) swarm N={swarm['count']:.0f} in one process: {swarm['total_s']:.3f} s "
+                f"(accepted -> last result stored), {swarm['total_s'] / floor_s:.2f}x the floor; "
+                f"per invocation p50 {swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms"
+            )
+        if args.real:
+            states = await bench.register(args.real, "real")
+            bench.start_process_agents(states)
+            await bench.wait_online("real", args.real)
+            real = await bench.fan_out("real")
+            results["real"] = real
+            print(
+                f"(b) real agent processes N={real['count']:.0f}: {real['total_s']:.3f} s; "
+                f"per invocation p50 {real['p50_ms']:.1f} ms, p95 {real['p95_ms']:.1f} ms"
+            )
+        peak = proc_status(bench.server.pid, "VmHWM")
+        results["server_peak_rss_mib"] = peak / 1024
+        print(f"    server peak RSS: {peak / 1024:.1f} MiB")
+
+        (idle_state,) = await bench.register(1, "idle")
+        (idle_pid,) = bench.start_process_agents([idle_state])
+        await bench.wait_online("idle", 1)
+        await asyncio.sleep(2)  # let start-up work settle
+        cpu_before, wall_before = cpu_seconds(idle_pid), time.monotonic()
+        await asyncio.sleep(args.idle_seconds)
+        cpu = (cpu_seconds(idle_pid) - cpu_before) / (time.monotonic() - wall_before) * 100
+        rss = proc_status(idle_pid, "VmRSS") / 1024
+        bare = bare_python_rss() / 1024
+        results.update(idle_agent_rss_mib=rss, idle_agent_cpu_percent=cpu, bare_python_rss_mib=bare)
+        print(
+            f"(c) one idle agent: RSS {rss:.1f} MiB (bare `python -c 'import asyncio, ssl'`: "
+            f"{bare:.1f} MiB), CPU {cpu:.2f} % over {args.idle_seconds:.0f} s"
+        )
+    finally:
+        bench.stop()
+        if args.keep:
+            print(f"working directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""The operator command line (`corral ...`); the entry point is `corral.cli.main.main`."""

@@ -1,0 +1,43 @@
+"""Fixtures that start real servers and agents; every test gets the logs when it fails."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Fleet
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One server and three agents (two `role=web`, one `role=db`), shared by a module."""
+    root = tmp_path_factory.mktemp("fleet")
+    fleet = Fleet(root)
+    try:
+        fleet.start_server()
+        fleet.add_agents(2, tags=["role=web", "env=e2e"])
+        fleet.add_agents(1, tags=["role=db", "env=e2e"])
+        yield fleet
+    except BaseException:
+        print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
+        raise
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture
+def fresh_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A server with no agents yet, for tests that kill and restart things."""
+    fleet = Fleet(tmp_path)
+    try:
+        fleet.start_server()
+        yield fleet
+    except BaseException:
+        print(fleet.logs())  # noqa: T201
+        raise
+    finally:
+        fleet.stop()
