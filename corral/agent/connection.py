@@ -1,0 +1,234 @@
+"""The agent's one outbound WebSocket: handshake, heartbeat, reconnect with backoff.
+
+Rules:
+* URL: the server URL with http->ws, https->wss and the path /agent/v1/connect.
+  websockets honours HTTPS_PROXY/NO_PROXY (proxy=True) for it.
+* Server sends Hello(nonce); the agent answers Auth (nonce signed with the node key
+  plus NodeInfo); the server answers Welcome, or ErrorMessage and closes.
+* After any disconnect the agent waits a random time in [0, min(cap, base * 2**n)]
+  (full jitter) and retries; a Welcome resets n. A refused authentication (the node
+  was deregistered) is logged as an error and retried at the cap.
+* `Agent` holds no globals and installs no signal handlers, so one process can
+  host many (see swarm.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import urllib.parse
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from corral.agent.identity import Identity, load_identity
+from corral.agent.nodeinfo import collect_node_info
+from corral.agent.options import AgentOptions
+from corral.agent.runner import Runner, Send, offload
+from corral.errors import AuthError, ProtocolError, UnavailableError
+from corral.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    SERVER_MESSAGES,
+    Auth,
+    ErrorMessage,
+    Heartbeat,
+    Hello,
+    Message,
+    Welcome,
+    auth_payload,
+    codec,
+)
+
+logger = logging.getLogger(__name__)
+
+CONNECT_PATH = "/agent/v1/connect"
+# Frames from the server may be bigger than our own limit before Welcome tells us its own.
+_RECEIVE_LIMIT = 16 * DEFAULT_MAX_MESSAGE_BYTES
+
+
+def channel_url(server_url: str) -> str:
+    """The agent channel's WebSocket URL for a server's HTTP(S) base URL."""
+    parts = urllib.parse.urlsplit(server_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"server URL must be http(s)://host[:port], not {server_url!r}")
+    path = parts.path.rstrip("/") + CONNECT_PATH
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rand: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = cap if attempt >= 64 else min(cap, base * (2**attempt))
+    return rand.uniform(0, ceiling)
+
+
+class Agent:
+    """One agent instance: its identity, runner and connection loop."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        options: AgentOptions,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.options = options
+        self.runner = Runner(state_dir, options)
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._rand = rand or random.Random()  # noqa: S311 - jitter, not secrets
+        self._stopping = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._identity: Identity | None = None
+        self._session_task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Connect and serve until `stop()`; raises ValidationError if not registered."""
+        self._identity = load_identity(self.state_dir)
+        url = channel_url(self._identity.server_url)
+        await self.runner.start()
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                delay_at_cap = False
+                welcomed_before = self.connections
+                self._session_task = asyncio.create_task(self._session(url))
+                try:
+                    await self._session_task
+                except asyncio.CancelledError:
+                    if not self._stopping.is_set():
+                        raise
+                except AuthError as exc:
+                    logger.error(
+                        "node_id=%s: server refused the agent's identity (%s); is the node "
+                        "still registered? retrying every ~%.0fs",
+                        self._identity.node_id,
+                        exc.message,
+                        self.options.backoff_cap,
+                    )
+                    delay_at_cap = True
+                except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                    logger.warning("cannot connect to %s: %s", url, _describe(exc))
+                except (ConnectionClosed, ProtocolError, UnavailableError) as exc:
+                    if self._stopping.is_set():
+                        logger.debug("connection closed on shutdown: %s", _describe(exc))
+                    else:
+                        logger.warning("connection to %s lost: %s", url, _describe(exc))
+                finally:
+                    self._session_task = None
+                    self.connected.clear()
+                    self.runner.detach()
+                    self._ws = None
+                if self.connections > welcomed_before:
+                    attempt = 0
+                if self._stopping.is_set():
+                    break
+                if delay_at_cap:
+                    cap = self.options.backoff_cap
+                    delay = self._rand.uniform(cap / 2, cap)
+                else:
+                    delay = backoff_delay(
+                        attempt, self.options.backoff_base, self.options.backoff_cap, self._rand
+                    )
+                    attempt += 1
+                logger.debug("reconnecting in %.2fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            await self.runner.close()
+
+    async def stop(self) -> None:
+        """Stop accepting work and close the connection; running workers keep running."""
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+        task = self._session_task
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def _session(self, url: str) -> None:
+        assert self._identity is not None
+        async with connect(
+            url,
+            open_timeout=self.options.connect_timeout,
+            max_size=_RECEIVE_LIMIT,
+            close_timeout=self.options.connect_timeout,
+        ) as ws:
+            self._ws = ws
+            if self._stopping.is_set():
+                return
+            welcome = await self._handshake(ws, self._identity)
+            self.connections += 1
+            logger.info(
+                "connected to %s as node_id=%s heartbeat=%ss",
+                url,
+                welcome.node_id,
+                welcome.heartbeat_seconds,
+            )
+            limit = max(welcome.max_message_bytes, 1024)
+
+            async def send(message: Message) -> None:
+                try:
+                    await ws.send(codec.encode(message))
+                except ConnectionClosed as exc:
+                    raise UnavailableError("connection closed") from exc
+
+            self.runner.attach(send)
+            self.connected.set()
+            heartbeat = asyncio.create_task(self._heartbeat(send, welcome.heartbeat_seconds))
+            try:
+                async for frame in ws:
+                    try:
+                        message = codec.decode(frame, SERVER_MESSAGES, limit)
+                    except ProtocolError as exc:
+                        logger.warning("dropping a bad frame from the server: %s", exc.message)
+                        continue
+                    if isinstance(message, ErrorMessage):
+                        logger.warning("server error %s: %s", message.code, message.message)
+                        continue
+                    await self.runner.handle(message)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UnavailableError):
+                    await heartbeat
+
+    async def _handshake(self, ws: ClientConnection, identity: Identity) -> Welcome:
+        hello = codec.decode(await ws.recv(), SERVER_MESSAGES, _RECEIVE_LIMIT)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected hello, got {hello.TYPE}")
+        if PROTOCOL_VERSION not in hello.protocol_versions:
+            raise ProtocolError(f"server does not speak protocol version {PROTOCOL_VERSION}")
+        info = await offload(collect_node_info)
+        auth = Auth(
+            node_id=identity.node_id,
+            signature=identity.sign(auth_payload(hello.nonce, identity.node_id)),
+            protocol_version=PROTOCOL_VERSION,
+            info=info,
+        )
+        await ws.send(codec.encode(auth))
+        try:
+            reply = codec.decode(await ws.recv(), SERVER_MESSAGES, _RECEIVE_LIMIT)
+        except ConnectionClosed as exc:
+            raise AuthError("server closed the connection during authentication") from exc
+        if isinstance(reply, ErrorMessage):
+            if reply.code in ("auth_failed", "auth_required", "unknown_node"):
+                raise AuthError(f"{reply.code}: {reply.message}")
+            raise ProtocolError(f"server refused the connection: {reply.code}: {reply.message}")
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"expected welcome, got {reply.TYPE}")
+        return reply
+
+    async def _heartbeat(self, send: Send, interval: float) -> None:
+        while True:
+            await asyncio.sleep(max(interval, 0.01))
+            await send(Heartbeat())
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

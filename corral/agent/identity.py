@@ -1,0 +1,87 @@
+"""The agent's state directory: node identity (id, server URL, Ed25519 key).
+
+Layout: `DIR/identity.json` ({"node_id", "server_url"}) and `DIR/node.key` (the
+32-byte Ed25519 seed, hex). The directory is mode 0700 and every file 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from corral.errors import ValidationError
+
+NODE_ID_RE = re.compile(r"^mi-[0-9a-f]{17}$")
+IDENTITY_FILE = "identity.json"
+KEY_FILE = "node.key"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this agent is and where its server lives."""
+
+    node_id: str
+    server_url: str
+    signing_key: SigningKey
+
+    def sign(self, payload: bytes) -> bytes:
+        """The raw 64-byte Ed25519 signature of `payload`."""
+        return bytes(self.signing_key.sign(payload).signature)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) if needed and make it mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, mode 0600, fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def is_registered(state_dir: Path) -> bool:
+    """True when the state directory already holds a registration."""
+    return (state_dir / IDENTITY_FILE).exists() or (state_dir / KEY_FILE).exists()
+
+
+def save_identity(state_dir: Path, node_id: str, server_url: str, key: SigningKey) -> None:
+    """Store a fresh registration in `state_dir`."""
+    if not NODE_ID_RE.match(node_id):
+        raise ValidationError(f"server returned an invalid node id {node_id[:40]!r}", "node_id")
+    ensure_private_dir(state_dir)
+    write_private_file(state_dir / KEY_FILE, bytes(key).hex().encode("ascii") + b"\n")
+    body = {"node_id": node_id, "server_url": server_url}
+    write_private_file(state_dir / IDENTITY_FILE, json.dumps(body).encode("utf-8") + b"\n")
+
+
+def load_identity(state_dir: Path) -> Identity:
+    """Read the registration from `state_dir`; ValidationError if missing or damaged."""
+    try:
+        body = json.loads((state_dir / IDENTITY_FILE).read_text("utf-8"))
+        seed = bytes.fromhex((state_dir / KEY_FILE).read_text("ascii").strip())
+    except FileNotFoundError as exc:
+        raise ValidationError(
+            f"{state_dir} holds no registration; run `corral agent register` first", "state_dir"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"registration in {state_dir} is unreadable", "state_dir") from exc
+    node_id = body.get("node_id") if isinstance(body, dict) else None
+    server_url = body.get("server_url") if isinstance(body, dict) else None
+    if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
+        raise ValidationError(f"registration in {state_dir} has no valid node id", "state_dir")
+    if not isinstance(server_url, str) or len(seed) != 32:
+        raise ValidationError(f"registration in {state_dir} is damaged", "state_dir")
+    return Identity(node_id=node_id, server_url=server_url, signing_key=SigningKey(seed))
