@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -275,6 +276,9 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
 
+    # A 1,000-agent swarm holds a socket per agent and a pidfd per running worker.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     results: dict[str, Any] = {}
     floor_s = await floor(args.swarm)
     results["floor_s"] = floor_s
