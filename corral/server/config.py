@@ -30,6 +30,16 @@ class ServerConfig:
     # Characters of output returned inline by the API (Systems Manager's limits).
     stdout_inline_chars: int = 24_000
     stderr_inline_chars: int = 8_000
+    # Status changes nobody waits for are held this long so they share one commit.
+    write_batch_seconds: float = 0.05
+    # After a failed group commit, the writer retries this much later.
+    write_retry_seconds: float = 1.0
+    # Heartbeat-driven last_seen updates are written at most this often (one batch).
+    last_seen_flush_seconds: float = 5.0
+    # How often the server looks for nodes that went silent (on any replica).
+    presence_check_seconds: float = 10.0
+    # On shutdown: how long agent connections and the dispatcher get to finish.
+    shutdown_grace_seconds: float = 10.0
     # Log level name for the server process.
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,41 @@
+"""Everything a request handler may use, built once per server process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from corral.blobs import BlobStore
+from corral.bus import NodeBus
+from corral.server.config import ServerConfig
+from corral.server.dispatcher import Dispatcher
+from corral.server.gateway import Gateway
+from corral.server.rendering import RenderCache
+from corral.server.writer import ChangeWriter
+from corral.store import Store
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """The server's long-lived parts; owned and closed by the app's lifespan."""
+
+    config: ServerConfig
+    store: Store
+    blobs: BlobStore
+    bus: NodeBus
+    writer: ChangeWriter
+    renderer: RenderCache
+    dispatcher: Dispatcher
+    gateway: Gateway
+
+
+def get_context(request: Request) -> ServerContext:
+    """The server context of the app handling `request`."""
+    context = request.app.state.context
+    assert isinstance(context, ServerContext)
+    return context
+
+
+Ctx = Annotated[ServerContext, Depends(get_context)]

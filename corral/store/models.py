@@ -1,0 +1,147 @@
+"""Database tables. Times are UNIX epoch seconds (float) so SQLite and PostgreSQL agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Corral table."""
+
+
+class ApiToken(Base):
+    """An API token; only its sha256 is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Activation(Base):
+    """A registration code (stored hashed) with an expiry and a use limit."""
+
+    __tablename__ = "activations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    registration_limit: Mapped[int] = mapped_column(Integer)
+    registrations_count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Node(Base):
+    """A managed node."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    activation_id: Mapped[str] = mapped_column(String(36))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    hostname: Mapped[str | None] = mapped_column(Text, nullable=True)
+    platform_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    platform_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    platform_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kernel: Mapped[str | None] = mapped_column(Text, nullable=True)
+    arch: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    ip_addresses: Mapped[list[str]] = mapped_column(JSON)
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    registered_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ping_status: Mapped[str] = mapped_column(String(32), default="ConnectionLost")
+    deregistered: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DocumentVersion(Base):
+    """One immutable version of a document."""
+
+    __tablename__ = "documents"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(8))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[str] = mapped_column(String(16))
+    document_type: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text, default="")
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DocumentHead(Base):
+    """Per document name: default and latest version, owner."""
+
+    __tablename__ = "document_heads"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    default_version: Mapped[int] = mapped_column(Integer)
+    latest_version: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(32))
+
+
+class Command(Base):
+    """A Run Command request."""
+
+    __tablename__ = "commands"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    document_name: Mapped[str] = mapped_column(String(128))
+    document_version: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    targets: Mapped[list[str]] = mapped_column(JSON)
+    max_concurrency: Mapped[str] = mapped_column(String(16))
+    max_errors: Mapped[str] = mapped_column(String(16))
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delivery_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[float] = mapped_column(Float, index=True)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_details: Mapped[str] = mapped_column(String(32))
+    cancelling: Mapped[bool] = mapped_column(Boolean, default=False)
+    target_count: Mapped[int] = mapped_column(Integer)
+
+
+class Invocation(Base):
+    """One command on one node."""
+
+    __tablename__ = "invocations"
+    __table_args__ = (
+        Index("ix_invocations_node_status", "node_id", "status"),
+        Index("ix_invocations_status", "status"),
+    )
+    command_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    status_details: Mapped[str] = mapped_column(String(32))
+    response_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    stdout_head: Mapped[str] = mapped_column(Text, default="")
+    stderr_head: Mapped[str] = mapped_column(Text, default="")
+    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    requested_at: Mapped[float] = mapped_column(Float)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When the row was last written (a result's updated_at is when it was stored).
+    updated_at: Mapped[float] = mapped_column(Float)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class Setting(Base):
+    """Key/value state shared by every replica."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,207 @@
+"""Plain, immutable records the store hands out (no ORM object leaves the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JsonValue = object
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token's metadata (never the token itself)."""
+
+    id: str
+    prefix: str
+    description: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRecord:
+    """An activation (its code is stored only as a hash)."""
+
+    id: str
+    description: str
+    tags: dict[str, str]
+    registration_limit: int
+    registrations_count: int
+    expires_at: float
+    created_at: float
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A managed node."""
+
+    id: str
+    public_key: bytes
+    activation_id: str
+    tags: dict[str, str]
+    hostname: str | None
+    platform_type: str | None
+    platform_name: str | None
+    platform_version: str | None
+    kernel: str | None
+    arch: str | None
+    ip_addresses: list[str]
+    agent_version: str | None
+    registered_at: float
+    last_seen: float | None
+    ping_status: str
+    deregistered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentMeta:
+    """What the documents module extracted from a document's content."""
+
+    schema_version: str
+    document_type: str
+    description: str
+    parameters: dict[str, dict[str, JsonValue]]
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    """One version of a document together with its name's head information."""
+
+    name: str
+    version: int
+    content: str
+    format: str
+    content_hash: str
+    meta: DocumentMeta
+    created_at: float
+    default_version: int
+    latest_version: int
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewCommand:
+    """What the API validated and wants stored as a command."""
+
+    id: str
+    document_name: str
+    document_version: int
+    comment: str
+    parameters: dict[str, JsonValue]
+    targets: list[str]
+    max_concurrency: str
+    max_errors: str
+    timeout_seconds: int | None
+    delivery_timeout_seconds: int
+    requested_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A stored command."""
+
+    id: str
+    document_name: str
+    document_version: int
+    comment: str
+    parameters: dict[str, JsonValue]
+    targets: list[str]
+    max_concurrency: str
+    max_errors: str
+    timeout_seconds: int | None
+    delivery_timeout_seconds: int
+    requested_at: float
+    completed_at: float | None
+    status: str
+    status_details: str
+    cancelling: bool
+    target_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRecord:
+    """A stored invocation: one command on one node."""
+
+    command_id: str
+    node_id: str
+    seq: int
+    status: str
+    status_details: str
+    response_code: int | None
+    stdout_head: str
+    stderr_head: str
+    stdout_bytes: int
+    stderr_bytes: int
+    requested_at: float
+    sent_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    steps: list[dict[str, JsonValue]]
+    message: str
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True)
+class InvocationChange:
+    """Fields to change on one invocation; None means unchanged."""
+
+    command_id: str
+    node_id: str
+    status: str | None = None
+    status_details: str | None = None
+    response_code: int | None = None
+    stdout_head: str | None = None
+    stderr_head: str | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    sent_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    steps: list[dict[str, JsonValue]] | None = None
+    message: str | None = None
+
+    def merge(self, other: InvocationChange) -> None:
+        """Overlay the fields `other` sets onto this change."""
+        for name in _CHANGE_FIELDS:
+            value = getattr(other, name)
+            if value is not None:
+                setattr(self, name, value)
+
+    def values(self) -> dict[str, JsonValue]:
+        """The set fields as column -> value."""
+        return {n: getattr(self, n) for n in _CHANGE_FIELDS if getattr(self, n) is not None}
+
+
+_CHANGE_FIELDS = (
+    "status",
+    "status_details",
+    "response_code",
+    "stdout_head",
+    "stderr_head",
+    "stdout_bytes",
+    "stderr_bytes",
+    "sent_at",
+    "started_at",
+    "ended_at",
+    "steps",
+    "message",
+)
+
+
+@dataclass(slots=True)
+class CommandChange:
+    """Fields to change on one command; None means unchanged."""
+
+    command_id: str
+    status: str | None = None
+    status_details: str | None = None
+    completed_at: float | None = None
+    cancelling: bool | None = None
+
+    def values(self) -> dict[str, JsonValue]:
+        """The set fields as column -> value."""
+        names = ("status", "status_details", "completed_at", "cancelling")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
