@@ -291,14 +291,19 @@ async def main() -> None:
         assert bench.server is not None
         if args.swarm:
             states = await bench.register(args.swarm, "swarm")
-            bench.start_swarm(states)
+            swarm_pid = bench.start_swarm(states)
             await bench.wait_online("swarm", args.swarm)
+            cpu_before = cpu_seconds(bench.server.pid), cpu_seconds(swarm_pid)
             swarm = await bench.fan_out("swarm")
+            swarm["server_cpu_s"] = cpu_seconds(bench.server.pid) - cpu_before[0]
+            swarm["swarm_cpu_s"] = cpu_seconds(swarm_pid) - cpu_before[1]
             results["swarm"] = swarm
             print(
                 f"(b) swarm N={swarm['count']:.0f} in one process: {swarm['total_s']:.3f} s "
                 f"(accepted -> last result stored), {swarm['total_s'] / floor_s:.2f}x the floor; "
-                f"per invocation p50 {swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms"
+                f"per invocation p50 {swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms; "
+                f"CPU during the fan-out: server {swarm['server_cpu_s']:.2f} s, "
+                f"swarm process {swarm['swarm_cpu_s']:.2f} s (incl. waiting for its children)"
             )
         if args.real:
             states = await bench.register(args.real, "real")
