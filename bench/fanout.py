@@ -183,11 +183,13 @@ class Bench:
             )
             response.raise_for_status()
             command_id = response.json()["command_id"]
+            # Poll the light list view (no invocations) so polling barely loads the server.
             while True:
-                command = (await client.get(f"/api/v1/commands/{command_id}")).json()
-                if command["completed_at"]:
+                listed = (await client.get("/api/v1/commands", params={"limit": 5})).json()
+                if any(c["command_id"] == command_id and c["completed_at"] for c in listed):
                     break
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.25)
+            command = (await client.get(f"/api/v1/commands/{command_id}")).json()
         invocations = command["invocations"]
         failed = [i for i in invocations if i["status"] != "Success"]
         if failed:

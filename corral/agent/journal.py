@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Journal:
         self._workers: dict[str, WorkerRecord] = {}
         self._acked: set[str] = set()
         self._fd: int | None = None
+        self._lock = threading.Lock()
         self._load(retention, time.time() if now is None else now)
 
     def _load(self, retention: float, now: float) -> None:
@@ -122,6 +124,10 @@ class Journal:
         self._append(_worker_line(time.time(), command_id, record), sync=False)
 
     def _append(self, line: str, sync: bool) -> None:
+        with self._lock:  # records are written from the event loop and from offload threads
+            self._append_locked(line, sync)
+
+    def _append_locked(self, line: str, sync: bool) -> None:
         if self._fd is None:
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(self._fd, line.encode("utf-8"))
@@ -130,9 +136,10 @@ class Journal:
 
     def close(self) -> None:
         """Close the journal file (it reopens on the next write)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _worker_line(when: float, command_id: str, r: WorkerRecord) -> str:

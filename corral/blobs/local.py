@@ -22,6 +22,11 @@ class LocalBlobStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        self._made_dirs: set[Path] = set()
+        # Appends queue here and are written by one thread job per batch: a fleet streams
+        # many small chunks at once, and a thread hand-off per chunk costs more than the write.
+        self._queue: list[tuple[str, int, bytes, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
@@ -40,8 +45,15 @@ class LocalBlobStore:
             tail = data[size - offset :]
             if not tail:
                 return size
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as handle:
+            if path.parent not in self._made_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
+            try:
+                handle = path.open("ab")
+            except FileNotFoundError:  # its folder was deleted since we made it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = path.open("ab")
+            with handle:
                 handle.write(tail)
             return size + len(tail)
 
@@ -49,7 +61,33 @@ class LocalBlobStore:
         """Write `data` at `offset`; dedupes a re-sent chunk, refuses a gap."""
         if offset < 0:
             raise ValidationError("offset must not be negative", field="offset")
-        return await asyncio.to_thread(self._append, key, offset, data)
+        self._path(key)  # refuse a bad key before queueing it
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((key, offset, data, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="corral-blob-appends")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            outcomes = await asyncio.to_thread(self._append_batch, [b[:3] for b in batch])
+            for (_, _, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _append_batch(self, batch: list[tuple[str, int, bytes]]) -> list[int | Exception]:
+        outcomes: list[int | Exception] = []
+        for key, offset, data in batch:
+            try:
+                outcomes.append(self._append(key, offset, data))
+            except Exception as error:  # handed to that chunk's caller, not lost
+                outcomes.append(error)
+        return outcomes
 
     def _size(self, key: str) -> int:
         try:
