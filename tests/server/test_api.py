@@ -126,6 +126,13 @@ async def test_activations(api: Api) -> None:
         ({"expires_seconds": 59}, "expires_seconds"),
         ({"expires_seconds": 31 * 86400}, "expires_seconds"),
         ({"tags": {"env": 5}}, "tags.env"),
+        ({"tags": {"": "x"}}, "tags"),
+        ({"tags": {"k" * 129: "x"}}, "tags"),
+        ({"tags": {"env": "v" * 257}}, "tags"),
+        ({"tags": {"env": "prod,dev"}}, "tags"),
+        ({"tags": {"bad;key": "x"}}, "tags"),
+        ({"tags": {"aws:owner": "x"}}, "tags"),
+        ({"tags": {f"k{i}": "v" for i in range(51)}}, "tags"),
         ({"unknown": 1}, "unknown"),
     ],
 )
@@ -134,6 +141,25 @@ async def test_activation_validation(api: Api, body: dict[str, object], field: s
     assert response.status_code == 400
     error = error_of(response)
     assert (error["type"], error["field"]) == ("ValidationError", field)
+
+
+async def test_node_tags_are_validated_like_activation_tags(api: Api) -> None:
+    response = await api.client.patch(
+        "/api/v1/nodes/mi-0000000000000000a/tags", json={"set": {"a b;c": "x"}}
+    )
+    assert response.status_code == 400
+    assert error_of(response)["field"] == "set"
+    register = await api.client.post(
+        "/api/v1/register",
+        json={
+            "activation_id": "x",
+            "activation_code": "y",
+            "public_key": "z",
+            "tags": {"k": "a,b"},
+        },
+    )
+    assert register.status_code == 400
+    assert error_of(register)["field"] == "tags"
 
 
 async def test_malformed_json_is_a_validation_error(api: Api) -> None:

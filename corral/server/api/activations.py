@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Response
 from pydantic import Field
 
-from corral.server.api.common import RequestModel, iso
+from corral.server.api.common import RequestModel, Tags, iso
 from corral.server.auth import authorize
 from corral.server.context import Ctx
 from corral.store import ActivationRecord
@@ -23,7 +23,7 @@ class ActivationCreate(RequestModel):
     """Body of `POST /api/v1/activations`."""
 
     description: str = Field(default="", max_length=256)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
     registration_limit: int = Field(default=1, ge=1, le=1000)
     expires_seconds: int = Field(
         default=DEFAULT_EXPIRES_SECONDS, ge=MIN_EXPIRES_SECONDS, le=MAX_EXPIRES_SECONDS

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from corral.errors import ValidationError
 from corral.protocol import ErrorMessage
-from corral.server.api.common import RequestModel, iso
+from corral.server.api.common import MAX_TAGS, RequestModel, Tags, iso
 from corral.server.auth import authorize
 from corral.server.context import Ctx, ServerContext
 from corral.server.targets import parse_targets, select_nodes
@@ -29,14 +29,14 @@ class Registration(RequestModel):
     activation_id: str = Field(max_length=64)
     activation_code: str = Field(max_length=256)
     public_key: str = Field(max_length=128)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
 
 
 class TagsPatch(RequestModel):
     """Body of `PATCH /api/v1/nodes/{node_id}/tags`."""
 
-    set: dict[str, str] = Field(default_factory=dict)
-    remove: list[str] = Field(default_factory=list)
+    set: Tags = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
 def node_json(node: NodeRecord) -> dict[str, object]:
