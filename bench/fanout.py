@@ -253,6 +253,16 @@ class Bench:
                 process.kill()
 
 
+def _runs(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run whose total time is the median (lower median for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["total_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def bare_python_rss() -> float:
     """KiB resident in a bare `python -c 'import asyncio, ssl'` process, read like the agent's."""
     code = "import asyncio, ssl, sys; print('ready', flush=True); sys.stdin.read()"
@@ -274,6 +284,10 @@ async def main() -> None:
     parser.add_argument("--swarm", type=int, default=1000, help="agents in the one-process swarm")
     parser.add_argument("--real", type=int, default=50, help="real agent processes")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each figure (median)")
+    parser.add_argument(
+        "--settle-seconds", type=float, default=7.0, help="pause between runs (agents clean up)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
@@ -282,9 +296,13 @@ async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     results: dict[str, Any] = {}
-    floor_s = await floor(args.swarm)
-    results["floor_s"] = floor_s
-    print(f"(a) floor: {args.swarm} echo spawned from asyncio, concurrency 50: {floor_s:.3f} s")
+    floors = [await floor(args.swarm) for _ in range(args.repeat)]
+    floor_s = statistics.median(floors)
+    results["floor_s"] = floors
+    print(
+        f"(a) floor: {args.swarm} echo spawned from asyncio, concurrency 50: "
+        f"median {floor_s:.3f} s of {_runs(floors)}"
+    )
 
     root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     bench = Bench(root)
@@ -295,27 +313,42 @@ async def main() -> None:
             states = await bench.register(args.swarm, "swarm")
             swarm_pid = bench.start_swarm(states)
             await bench.wait_online("swarm", args.swarm)
-            cpu_before = cpu_seconds(bench.server.pid), cpu_seconds(swarm_pid)
-            swarm = await bench.fan_out("swarm")
-            swarm["server_cpu_s"] = cpu_seconds(bench.server.pid) - cpu_before[0]
-            swarm["swarm_cpu_s"] = cpu_seconds(swarm_pid) - cpu_before[1]
-            results["swarm"] = swarm
+            runs = []
+            for attempt in range(args.repeat):
+                if attempt:
+                    # Agents remove acknowledged invocations' files once idle (5 s by
+                    # default); let that finish so it is not counted in the next run.
+                    await asyncio.sleep(args.settle_seconds)
+                cpu_before = cpu_seconds(bench.server.pid), cpu_seconds(swarm_pid)
+                run = await bench.fan_out("swarm")
+                run["server_cpu_s"] = cpu_seconds(bench.server.pid) - cpu_before[0]
+                run["swarm_cpu_s"] = cpu_seconds(swarm_pid) - cpu_before[1]
+                runs.append(run)
+            results["swarm"] = runs
+            swarm = _median_run(runs)
             print(
-                f"(b) swarm N={swarm['count']:.0f} in one process: {swarm['total_s']:.3f} s "
-                f"(accepted -> last result stored), {swarm['total_s'] / floor_s:.2f}x the floor; "
-                f"per invocation p50 {swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms; "
-                f"CPU during the fan-out: server {swarm['server_cpu_s']:.2f} s, "
-                f"swarm process {swarm['swarm_cpu_s']:.2f} s (incl. waiting for its children)"
+                f"(b) swarm N={swarm['count']:.0f} in one process: median {swarm['total_s']:.3f} s "
+                f"of {_runs([r['total_s'] for r in runs])} (accepted -> last result stored), "
+                f"{swarm['total_s'] / floor_s:.2f}x the floor; per invocation p50 "
+                f"{swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms; CPU during that "
+                f"fan-out: server {swarm['server_cpu_s']:.2f} s, swarm process "
+                f"{swarm['swarm_cpu_s']:.2f} s"
             )
         if args.real:
             states = await bench.register(args.real, "real")
             bench.start_process_agents(states)
             await bench.wait_online("real", args.real)
-            real = await bench.fan_out("real")
-            results["real"] = real
+            runs = []
+            for attempt in range(args.repeat):
+                if attempt:
+                    await asyncio.sleep(args.settle_seconds)
+                runs.append(await bench.fan_out("real"))
+            results["real"] = runs
+            real = _median_run(runs)
             print(
-                f"(b) real agent processes N={real['count']:.0f}: {real['total_s']:.3f} s; "
-                f"per invocation p50 {real['p50_ms']:.1f} ms, p95 {real['p95_ms']:.1f} ms"
+                f"(b) real agent processes N={real['count']:.0f}: median {real['total_s']:.3f} s "
+                f"of {_runs([r['total_s'] for r in runs])}; per invocation p50 "
+                f"{real['p50_ms']:.1f} ms, p95 {real['p95_ms']:.1f} ms"
             )
         peak = proc_status(bench.server.pid, "VmHWM")
         results["server_peak_rss_mib"] = peak / 1024

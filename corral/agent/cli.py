@@ -40,6 +40,7 @@ OPTION_HELP: dict[str, str] = {
     "kill_grace": "SIGTERM to SIGKILL delay when killing a worker",
     "connect_timeout": "WebSocket open/close timeout",
     "journal_retention": "how long accepted command ids are remembered",
+    "cleanup_delay": "idle time before acknowledged invocations' files are removed",
 }
 
 

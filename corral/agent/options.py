@@ -15,6 +15,7 @@ ENV_VARS: dict[str, str] = {
     "kill_grace": "CORRAL_AGENT_KILL_GRACE",
     "connect_timeout": "CORRAL_AGENT_CONNECT_TIMEOUT",
     "journal_retention": "CORRAL_AGENT_JOURNAL_RETENTION",
+    "cleanup_delay": "CORRAL_AGENT_CLEANUP_DELAY",
 }
 
 
@@ -28,6 +29,8 @@ class AgentOptions:
     kill_grace: float = 5.0
     connect_timeout: float = 10.0
     journal_retention: float = 30 * 24 * 3600.0
+    # Acknowledged invocations' files are removed once the agent has been idle this long.
+    cleanup_delay: float = 5.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

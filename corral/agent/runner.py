@@ -100,6 +100,11 @@ class Runner:
         self._full_check = True
         self._task: asyncio.Task[None] | None = None
         self._timers: dict[asyncio.TimerHandle, int] = {}  # pending SIGKILL -> process group
+        # Directories of acknowledged invocations, removed in batches once the agent is idle:
+        # deleting files is the costliest file-system work of an invocation and need not
+        # delay the next one.
+        self._trash: list[Path] = []
+        self._janitor: asyncio.Task[None] | None = None
         self.chunk_bytes = DEFAULT_OUTPUT_CHUNK_BYTES
 
     # --- life cycle ---------------------------------------------------------
@@ -113,6 +118,7 @@ class Runner:
         for directory in sorted(self._inv_root.iterdir()):
             self._recover(directory)
         self._task = asyncio.create_task(self._pump_loop(), name="corral-agent-runner")
+        self._schedule_cleanup()
 
     async def close(self) -> None:
         """Stop watching workers (they keep running) and stop the pump."""
@@ -122,6 +128,12 @@ class Runner:
             timer.cancel()
             worker.kill_group(pid, signal.SIGKILL)
         self._timers.clear()
+        if self._janitor is not None:
+            # Left-over directories are found again (acknowledged) on the next start.
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+            self._janitor = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,7 +227,7 @@ class Runner:
                 self.journal.record_worker(cid, inv.record)
             except OSError as exc:
                 logger.warning("command_id=%s: cannot journal its worker: %s", cid, exc.strerror)
-            self._watch(inv)
+            self._watch(inv, spawned=True)
         self._mark(inv)
 
     def _mark(self, inv: Invocation) -> None:
@@ -244,12 +256,31 @@ class Runner:
         self.journal.record_ack(command_id)
         del self._invocations[command_id]
         self._unwatch(inv)
-        await offload(shutil.rmtree, inv.directory, True)
+        self._trash.append(inv.directory)
+        self._schedule_cleanup()
         logger.debug("command_id=%s acknowledged; output forgotten", command_id)
+
+    def _schedule_cleanup(self) -> None:
+        if self._trash and (self._janitor is None or self._janitor.done()):
+            self._janitor = asyncio.create_task(
+                self._clean_when_idle(), name="corral-agent-janitor"
+            )
+
+    async def _clean_when_idle(self) -> None:
+        while self._trash:
+            await asyncio.sleep(self._options.cleanup_delay)
+            if any(inv.result is None for inv in self._invocations.values()):
+                continue  # something runs: clean up after it
+            batch, self._trash = self._trash, []
+            await offload(_remove_directories, batch)
+            logger.debug("removed %d acknowledged invocation directories", len(batch))
 
     # --- workers --------------------------------------------------------------
 
     def _recover(self, directory: Path) -> None:
+        if self.journal.acked(directory.name):
+            self._trash.append(directory)  # acknowledged before the last stop; only clean up
+            return
         try:
             invoke = codec.decode((directory / "invoke.json").read_bytes(), [Invoke], 1 << 30)
         except (OSError, ProtocolError):
@@ -275,7 +306,7 @@ class Runner:
             inv.kill_reason = kill[0]
             remaining = max(0.0, kill[1] + self._options.kill_grace - time.time())
             self._schedule_sigkill(inv.record.pid, remaining)
-        if inv.record is None or not worker.is_alive(inv.record, self._boot_id):
+        if inv.record is None or not worker.is_alive(inv.record, self._boot_id, directory):
             if inv.record is not None and same_boot:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(inv.record.pid, os.WNOHANG)  # our own zombie, in one process
@@ -284,13 +315,15 @@ class Runner:
         self._watch(inv)
         logger.info("resumed watching command_id=%s pid=%d", inv.command_id, inv.record.pid)
 
-    def _watch(self, inv: Invocation) -> None:
+    def _watch(self, inv: Invocation, spawned: bool = False) -> None:
         assert inv.record is not None
         try:
             fd = os.pidfd_open(inv.record.pid)
         except (OSError, AttributeError):
             return  # polled through /proc instead
-        if not worker.is_alive(inv.record, self._boot_id):
+        # A child we spawned cannot have been replaced (unreaped, its pid stays ours); a
+        # worker found after a restart must be checked to be ours before it is watched.
+        if not spawned and not worker.is_alive(inv.record, self._boot_id, inv.directory):
             os.close(fd)
             self._on_exit(inv)
             return
@@ -350,7 +383,7 @@ class Runner:
 
     def _check_running(self, inv: Invocation) -> None:
         assert inv.record is not None
-        if inv.pidfd is None and not worker.is_alive(inv.record, self._boot_id):
+        if inv.pidfd is None and not worker.is_alive(inv.record, self._boot_id, inv.directory):
             self._on_exit(inv)
             return
         if inv.kill_reason is not None:
@@ -472,6 +505,11 @@ def _lost_result(invoke: Invoke, message: str = "") -> Result:
         steps=[StepResult(step.name, worker.SKIPPED, None) for step in invoke.steps],
         message=message or LOST_MESSAGE,
     )
+
+
+def _remove_directories(directories: list[Path]) -> None:
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _size(path: Path) -> int:

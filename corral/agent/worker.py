@@ -84,15 +84,27 @@ def proc_start_ticks(pid: int) -> tuple[str, int] | None:
         return None
 
 
-def is_alive(record: WorkerRecord, current_boot_id: str) -> bool:
-    """True while the recorded worker process still runs (pid reuse and reboots guarded)."""
+def is_alive(record: WorkerRecord, current_boot_id: str, inv_dir: Path) -> bool:
+    """True while the recorded worker process still runs (pid reuse and reboots guarded).
+
+    A pid is ours if it has the recorded start time or, for workers recorded without one,
+    if it still runs this invocation's wrapper script (a reused pid would run something else).
+    """
     if record.boot_id != current_boot_id:
         return False
     stat = proc_start_ticks(record.pid)
     if stat is None:
         return False
     state, ticks = stat
-    return state not in ("Z", "X") and ticks == record.start_ticks
+    if state in ("Z", "X"):
+        return False
+    if record.start_ticks >= 0:
+        return ticks == record.start_ticks
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(inv_dir / "run.sh").encode() in cmdline.split(b"\0")
 
 
 def render_wrapper(inv_dir: Path, steps: list[Step]) -> str:
@@ -162,10 +174,11 @@ def spawn(inv_dir: Path, bash: str, current_boot_id: str) -> WorkerRecord:
         ],
         setsid=True,
     )
-    stat = proc_start_ticks(pid)
+    # The start time is not read here: /proc/PID/stat of a process that is still mapping
+    # its libraries is slow to read, and is_alive() identifies the worker by its script.
     return WorkerRecord(
         pid=pid,
-        start_ticks=stat[1] if stat else -1,
+        start_ticks=-1,
         boot_id=current_boot_id or "-",
         started_at=started_at,
     )

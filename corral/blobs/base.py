@@ -47,5 +47,5 @@ class BlobStore(Protocol):
 
 
 def output_key(command_id: str, node_id: str, stream: str) -> str:
-    """The key of one invocation's stdout or stderr."""
-    return f"output/{command_id}/{node_id}/{stream}"
+    """The key of one invocation's stdout or stderr (one folder per command, not per node)."""
+    return f"output/{command_id}/{node_id}.{stream}"

@@ -36,6 +36,7 @@ FAST = AgentOptions(
     output_poll=0.02,
     kill_grace=0.3,
     connect_timeout=5.0,
+    cleanup_delay=0.05,
 )
 NODE_ID = "mi-0123456789abcdef0"
 

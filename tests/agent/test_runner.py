@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -359,6 +360,31 @@ async def test_results_wait_for_attach_and_stay_until_acked(state_dir: Path) -> 
     await r.close()
 
 
+async def test_cleanup_waits_for_idle_and_survives_a_restart(state_dir: Path) -> None:
+    slow = dataclasses.replace(FAST, cleanup_delay=60.0)
+    r = Runner(state_dir, slow)
+    await r.start()
+    sink = Sink()
+    r.attach(sink)
+    await r.handle(Invoke("done", [Step("s", "echo done")]))
+    await finished(sink, "done")
+    await r.handle(ResultAck("done"))
+    # Acknowledged: forgotten at once, but its files go only once the agent is idle.
+    assert r.invocation("done") is None
+    assert (state_dir / "invocations" / "done").exists()
+    await r.close()
+
+    r2 = Runner(state_dir, FAST)
+    await r2.start()
+    again = Sink()
+    r2.attach(again)
+    await wait_until(lambda: not (state_dir / "invocations" / "done").exists())
+    assert again.messages == []  # nothing re-reported for an acknowledged invocation
+    await r2.handle(Invoke("done", [Step("s", "echo twice")]))
+    assert [m.TYPE for m in again.messages] == ["accepted"]  # and never run again
+    await r2.close()
+
+
 async def test_invalid_command_id_is_refused(runner: tuple[Runner, Sink], state_dir: Path) -> None:
     r, sink = runner
     await r.handle(Invoke("../escape", [Step("s", "echo no")]))
@@ -448,3 +474,33 @@ async def test_redelivery_after_lost_files_reports_failed_without_running(
     await r3.handle(invoke)
     await r3.close()
     assert sink3.messages == [Accepted("lost")]
+
+
+def test_is_alive_tells_our_worker_from_a_reused_pid(tmp_path: Path) -> None:
+    import subprocess
+
+    inv_dir = tmp_path / "inv"
+    inv_dir.mkdir()
+    (inv_dir / "run.sh").write_text("sleep 30\n")
+    boot = worker.boot_id()
+    record = worker.spawn(inv_dir, "/bin/bash", boot)
+    try:
+        assert worker.is_alive(record, boot, inv_dir)
+        # A different invocation's directory: the pid runs someone else's script.
+        assert not worker.is_alive(record, boot, tmp_path / "other")
+        # Another boot: the pid cannot be the one recorded.
+        assert not worker.is_alive(record, "another-boot", inv_dir)
+        # A recorded start time that does not match means the pid was reused.
+        stale = worker.WorkerRecord(record.pid, 12345, boot, record.started_at)
+        assert not worker.is_alive(stale, boot, inv_dir)
+    finally:
+        os.killpg(record.pid, signal.SIGKILL)
+        os.waitpid(record.pid, 0)
+    assert not worker.is_alive(record, boot, inv_dir)
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        lookalike = worker.WorkerRecord(stranger.pid, -1, boot, 0.0)
+        assert not worker.is_alive(lookalike, boot, inv_dir)
+    finally:
+        stranger.kill()
+        stranger.wait()
