@@ -104,3 +104,25 @@ def test_deregistered_node_can_no_longer_connect(fresh_fleet: Fleet) -> None:
     assert removed.returncode == 0, removed.stderr
     wait_for(lambda: fresh_fleet.server.cli("nodes", "show", agent.node_id).returncode == 3)
     assert fresh_fleet.server.cli_json("nodes", "list") == []
+
+
+def test_activation_code_and_tokens_leave_no_trace_on_the_server(fresh_fleet: Fleet) -> None:
+    activation = fresh_fleet.server.cli_json("activation", "create", "--limit", "1")
+    agent = Agent(fresh_fleet.server, fresh_fleet.root / "a", fresh_fleet.root / "a.log")
+    fresh_fleet.agents.append(agent)
+    agent.register(activation["activation_id"], activation["activation_code"])
+    agent.start()
+    fresh_fleet.wait_online([agent.node_id])
+    code = activation["activation_code"].encode()
+    token = fresh_fleet.server.token.encode()
+    fresh_fleet.server.stop()  # flush everything the server writes
+    for path in fresh_fleet.server.data_dir.rglob("*"):
+        if path.is_file() and path.name != "admin-token":
+            data = path.read_bytes()
+            assert code not in data, path
+            assert token not in data, path
+    log = fresh_fleet.server.log().encode()
+    assert code not in log
+    assert token not in log
+    private_key = (agent.state_dir / "node.key").read_bytes().strip()
+    assert private_key not in log
