@@ -51,6 +51,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Send `sig` and wait; kill the process if it does not exit within `timeout` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def base_env() -> dict[str, str]:
     """The environment every child process gets: no proxies, no user config."""
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
@@ -127,14 +139,7 @@ class Server:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the process (SIGKILL to simulate a crash)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def cli(
         self, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None
@@ -206,14 +211,7 @@ class Agent:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop the agent process only (its workers live on, by design)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def log(self) -> str:
         """The agent's log so far."""
