@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -42,6 +43,18 @@ _FINAL_STATUSES = tuple(str(s) for s in FINAL)
 def hash_secret(secret: str) -> str:
     """The sha256 hex digest under which a token or activation code is stored."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+_CODE_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_activation_code() -> str:
+    """A fresh activation code: 32 letters and digits (about 190 bits).
+
+    Only letters and digits, so a code can be pasted after `--activation-code` and into
+    shells and config files as it is (a leading `-` would be read as an option).
+    """
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(32))
 
 
 def new_node_id() -> str:
@@ -162,7 +175,7 @@ class Store:
         self, description: str, tags: Mapping[str, str], limit: int, expires_at: float
     ) -> tuple[str, ActivationRecord]:
         """Create an activation; returns the code (shown once) and the record."""
-        code = secrets.token_urlsafe(24)
+        code = new_activation_code()
         row = m.Activation(
             id=str(uuid.uuid4()),
             code_hash=hash_secret(code),
