@@ -1,7 +1,7 @@
 """HTTP client for the Corral API, config-file handling, and error mapping in one place.
 
 Every httpx exception and every non-2xx response becomes a `CliError` here, carrying
-the exit code from /work/shared/CLI.md; nothing else in the CLI touches httpx errors.
+the exit code listed in docs/cli.md; nothing else in the CLI touches httpx errors.
 Tests inject a fake API through `use_transport` (the one seam).
 """
 

@@ -2,7 +2,7 @@
 
 `-o json` / `--output json` may appear anywhere on the command line; it is lifted out
 of argv before Typer parses it. Every `CliError` and usage error is rendered here, in
-one place, with the exit codes of /work/shared/CLI.md.
+one place, with the exit codes of docs/cli.md.
 """
 
 from __future__ import annotations

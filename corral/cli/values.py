@@ -1,6 +1,6 @@
 """Pure parsing of command-line values: durations, parameters, targets, document refs.
 
-Rules (see /work/shared/CLI.md):
+Rules (see docs/cli.md):
 * durations are `30s`, `15m`, `24h`, `7d` or bare seconds;
 * `--param NAME=VALUE` splits on the first `=`; repeating a NAME builds a list;
   integers (no leading zeros) and `true`/`false` are parsed, everything else stays a string;
