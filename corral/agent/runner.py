@@ -2,7 +2,8 @@
 
 Rules:
 * Invoke: a known id is never run again (Accepted is re-sent, and its Result if it has
-  one); a new id is journaled durably, then Accepted, then its worker starts.
+  one); a new id is journaled durably and its worker started (one thread job), then
+  Accepted is sent.
 * Output is sent from per-stream byte offsets; attach (a new connection) restarts
   every unacknowledged stream at 0, OutputRewind restarts one stream where asked.
 * A Result is written to disk when the worker ends and sent once all output up to
@@ -59,6 +60,8 @@ LOST_MESSAGE = (
     "it was not run again"
 )
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Emptied invocation directories kept for reuse (see worker.py); more are removed.
+MAX_SPARES = 64
 
 
 async def offload(func: Callable[..., T], *args: Any) -> T:
@@ -104,6 +107,9 @@ class Runner:
         # deleting files is the costliest file-system work of an invocation and need not
         # delay the next one.
         self._trash: list[Path] = []
+        # Emptied directories of acknowledged invocations, reused by the next invocations.
+        self._spare_root = state_dir / "spare"
+        self._spares: list[Path] = []
         self._janitor: asyncio.Task[None] | None = None
         self.chunk_bytes = DEFAULT_OUTPUT_CHUNK_BYTES
 
@@ -112,6 +118,8 @@ class Runner:
     async def start(self) -> None:
         """Load the journal and every unfinished or unacknowledged invocation, start pumping."""
         self._inv_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._spare_root.mkdir(mode=0o700, exist_ok=True)
+        self._spares = sorted(self._spare_root.iterdir())
         self._journal = await offload(
             Journal, self._state_dir / "journal", self._options.journal_retention
         )
@@ -202,9 +210,12 @@ class Runner:
             return
         inv = Invocation(command_id=cid, directory=self._inv_root / cid, invoke=message)
         try:
-            # Small writes and one fsync'd journal append, off the event loop: a swarm of
-            # agents shares one loop, and a burst of invocations must not queue behind fsyncs.
-            await offload(self._prepare, inv)
+            # Small writes, one fsync'd journal append and the worker's spawn, off the event
+            # loop and in one thread job: a swarm of agents shares one loop, a burst of
+            # invocations must not queue behind fsyncs, and each hand-off to a thread costs.
+            started = await offload(
+                self._prepare_and_spawn, inv, self._spares.pop() if self._spares else None
+            )
         except OSError as exc:
             # Not journaled, so never run: a later re-delivery may try again.
             logger.error("command_id=%s: cannot store the invocation: %s", cid, exc.strerror)
@@ -214,19 +225,14 @@ class Runner:
             return
         self._invocations[cid] = inv
         await self._emit(Accepted(command_id=cid))
-        try:
-            inv.record = await offload(worker.spawn, inv.directory, self._bash, self._boot_id)
-        except OSError as exc:
-            logger.error("command_id=%s: cannot start worker: %s", cid, exc.strerror)
+        if isinstance(started, OSError):
+            logger.error("command_id=%s: cannot start worker: %s", cid, started.strerror)
             inv.exited = True
         else:
+            inv.record = started
             logger.info(
-                "started command_id=%s steps=%d pid=%d", cid, len(message.steps), inv.record.pid
+                "started command_id=%s steps=%d pid=%d", cid, len(message.steps), started.pid
             )
-            try:
-                self.journal.record_worker(cid, inv.record)
-            except OSError as exc:
-                logger.warning("command_id=%s: cannot journal its worker: %s", cid, exc.strerror)
             self._watch(inv, spawned=True)
         self._mark(inv)
 
@@ -234,9 +240,27 @@ class Runner:
         self._dirty.add(inv)
         self._wake.set()
 
-    def _prepare(self, inv: Invocation) -> None:
-        worker.prepare(inv.directory, inv.invoke)
+    def _prepare_and_spawn(
+        self, inv: Invocation, spare: Path | None
+    ) -> worker.WorkerRecord | OSError:
+        """Store and journal the invocation (raises OSError), then start its worker.
+
+        Returns the worker, or the error that kept it from starting (the id is journaled
+        by then: the invocation ends Failed and is never started again).
+        """
+        worker.prepare(inv.directory, inv.invoke, spare)
         self.journal.record(inv.command_id)
+        try:
+            record = worker.spawn(inv.directory, self._bash, self._boot_id)
+        except OSError as exc:
+            return exc
+        try:
+            self.journal.record_worker(inv.command_id, record)
+        except OSError as exc:
+            logger.warning(
+                "command_id=%s: cannot journal its worker: %s", inv.command_id, exc.strerror
+            )
+        return record
 
     def _on_rewind(self, message: OutputRewind) -> None:
         inv = self._invocations.get(message.command_id)
@@ -272,8 +296,14 @@ class Runner:
             if any(inv.result is None for inv in self._invocations.values()):
                 continue  # something runs: clean up after it
             batch, self._trash = self._trash, []
-            await offload(_remove_directories, batch)
-            logger.debug("removed %d acknowledged invocation directories", len(batch))
+            room = max(0, MAX_SPARES - len(self._spares))
+            spares = await offload(_retire_directories, batch, self._spare_root, room)
+            self._spares.extend(spares)
+            logger.debug(
+                "retired %d acknowledged invocation directories, %d kept for reuse",
+                len(batch),
+                len(spares),
+            )
 
     # --- workers --------------------------------------------------------------
 
@@ -282,12 +312,11 @@ class Runner:
             self._trash.append(directory)  # acknowledged before the last stop; only clean up
             return
         try:
-            invoke = codec.decode((directory / "invoke.json").read_bytes(), [Invoke], 1 << 30)
+            invoke = worker.read_invoke(directory)
         except (OSError, ProtocolError):
             logger.warning("removing damaged invocation directory %s", directory.name)
             shutil.rmtree(directory, ignore_errors=True)
             return
-        assert isinstance(invoke, Invoke)
         inv = Invocation(command_id=invoke.command_id, directory=directory, invoke=invoke)
         self._invocations[inv.command_id] = inv
         try:
@@ -457,10 +486,10 @@ class Runner:
 
     async def _pump(self, inv: Invocation) -> None:
         try:
-            for stream in STREAMS:
-                limit = getattr(inv.result, f"{stream}_bytes") if inv.result else None
-                await self._send_stream(inv, stream, limit)
             result = inv.result
+            for stream in STREAMS:
+                limit = getattr(result, f"{stream}_bytes") if result else None
+                await self._send_stream(inv, stream, limit)
             if (
                 result is not None
                 and not inv.result_sent
@@ -478,15 +507,17 @@ class Runner:
         offset = inv.offsets[stream]
         if offset >= end:
             return
-        with path.open("rb") as fh:
+        fd = os.open(path, os.O_RDONLY)
+        try:
             while offset < end and self._send is not None:
-                fh.seek(offset)
-                data = fh.read(min(self.chunk_bytes, end - offset))
+                data = os.pread(fd, min(self.chunk_bytes, end - offset), offset)
                 if not data:
                     break
                 await self._emit(Output(inv.command_id, stream, offset, data))
                 offset += len(data)
                 inv.offsets[stream] = offset
+        finally:
+            os.close(fd)
 
     async def _emit(self, message: Message) -> None:
         send = self._send
@@ -507,9 +538,15 @@ def _lost_result(invoke: Invoke, message: str = "") -> Result:
     )
 
 
-def _remove_directories(directories: list[Path]) -> None:
+def _retire_directories(directories: list[Path], spare_root: Path, room: int) -> list[Path]:
+    """Empty up to `room` directories into `spare_root` for reuse, remove the rest."""
+    spares: list[Path] = []
     for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        if len(spares) < room and worker.recycle(directory, spare_root / directory.name):
+            spares.append(spare_root / directory.name)
+        elif len(spares) >= room:
+            shutil.rmtree(directory, ignore_errors=True)
+    return spares
 
 
 def _size(path: Path) -> int:

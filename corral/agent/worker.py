@@ -2,8 +2,10 @@
 
 Rules:
 * Layout of `DIR/invocations/<command_id>/`:
-  - `invoke.json`: the Invoke, written before the id is journaled and the worker starts;
   - `run.sh`: the wrapper, with every step's script, environment and working directory;
+    its first line is a comment holding the Invoke as one line of JSON (so one file, not
+    two, is written before the id is journaled and the worker starts); agents before
+    this layout wrote the Invoke to `invoke.json`, which is still read;
   - `stdout`, `stderr`: every step's output, appended;
   - `progress`: `step N RC EPOCH` per finished step, then `done EPOCH`; a last line
     without its newline is half-written and ignored;
@@ -12,6 +14,12 @@ Rules:
     is derived from `progress` again after a restart).
 * Few files per invocation on purpose: creating files is most of the per-invocation
   cost after the bash exec itself.
+* An acknowledged invocation's directory is emptied (all but `run.sh` removed) and
+  moved to `DIR/spare/`; the next invocation's `run.sh` is overwritten in a spare,
+  which is then renamed into place. Reusing inodes spares the file system its
+  costliest work, allocating inodes (ext4 scans past every recently deleted one) and
+  freeing them. Output files are never reused: a background process the script left
+  behind may still hold them open. A directory holding anything unexpected is removed.
 * The worker is started with posix_spawn in its own session (so its pid is its
   process group id), stdin /dev/null and stdout/stderr appended to the files; it is
   one bash exec and never the agent's Python.
@@ -25,11 +33,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import ProtocolError
 from corral.protocol import Detail, Invoke, Status, Step, StepResult, codec
 
 KILLED_EXIT_CODE = 137  # Systems Manager's code for a command stopped early: 128 + SIGKILL
@@ -39,6 +49,11 @@ WORKER_DIED_MESSAGE = (
     "the worker process ended without finishing (the node rebooted or the worker was killed)"
 )
 SKIPPED = "Skipped"
+INVOKE_PREFIX = b"# corral-invoke "
+# Files of a finished invocation a spare directory drops (its run.sh is overwritten).
+_REMOVED_FILES = frozenset(
+    {"stdout", "stderr", "progress", "kill", "result.json", "result.json.tmp", "invoke.json"}
+)
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -150,13 +165,62 @@ def _write(path: Path, data: bytes, fsync: bool = False) -> None:
         os.close(fd)
 
 
-def prepare(inv_dir: Path, invoke: Invoke) -> None:
-    """Write an invocation's files (the caller then journals its id durably)."""
-    inv_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write(inv_dir / "run.sh", render_wrapper(inv_dir, invoke.steps).encode("utf-8"))
+def prepare(inv_dir: Path, invoke: Invoke, spare: Path | None = None) -> None:
+    """Write an invocation's files, in an emptied `spare` directory when there is one.
+
+    The caller then journals the id durably.
+    """
+    # JSON text is one line (newlines in strings are escaped, non-ASCII too), so the
+    # Invoke is a bash comment; bash skips it.
+    record = INVOKE_PREFIX + codec.encode(invoke).encode("ascii") + b"\n"
+    data = record + render_wrapper(inv_dir, invoke.steps).encode("utf-8")
     # Not fsynced: the journal's fsync is what makes the id durable (fsync of a file in a
     # fresh directory costs ~10x an fsync'd journal append); see docs/agent.md.
-    _write(inv_dir / "invoke.json", codec.encode(invoke).encode("utf-8"))
+    if spare is not None:
+        try:
+            _write(spare / "run.sh", data)
+            os.rename(spare, inv_dir)
+            return
+        except OSError:
+            shutil.rmtree(spare, ignore_errors=True)
+    inv_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(inv_dir / "run.sh", data)
+
+
+def recycle(inv_dir: Path, spare: Path) -> bool:
+    """Empty a finished invocation's directory and move it to `spare`; else remove it.
+
+    Returns True when `spare` now holds an empty directory ready for `prepare`.
+    """
+    try:
+        names = os.listdir(inv_dir)
+        if not _REMOVED_FILES.issuperset(set(names) - {"run.sh"}):
+            raise IsADirectoryError("unexpected files")  # not ours to reuse
+        for name in names:
+            if name != "run.sh":
+                os.unlink(inv_dir / name)
+        os.rename(inv_dir, spare)
+    except OSError:
+        shutil.rmtree(inv_dir, ignore_errors=True)
+        return False
+    return True
+
+
+def read_invoke(inv_dir: Path) -> Invoke:
+    """The Invoke stored with an invocation; raises OSError or ProtocolError if damaged."""
+    try:
+        with (inv_dir / "run.sh").open("rb") as fh:
+            line = fh.readline()
+    except FileNotFoundError:
+        line = b""
+    if line.startswith(INVOKE_PREFIX) and line.endswith(b"\n"):
+        raw = line[len(INVOKE_PREFIX) : -1]
+    else:
+        raw = (inv_dir / "invoke.json").read_bytes()  # written by earlier agent versions
+    invoke = codec.decode(raw, [Invoke], 1 << 30)
+    if not isinstance(invoke, Invoke):
+        raise ProtocolError("not an invoke record", "bad_message")
+    return invoke
 
 
 def spawn(inv_dir: Path, bash: str, current_boot_id: str) -> WorkerRecord:
@@ -225,14 +289,22 @@ def _epoch(rest: list[str], fallback: float) -> float:
 
 def read_progress(inv_dir: Path) -> Progress:
     """The worker's progress as recorded on disk (empty if it recorded nothing yet)."""
-    path = inv_dir / "progress"
+    # Plain descriptor calls: this runs on the event loop for every finished invocation,
+    # and a buffered file object costs several more system calls than the read itself.
     try:
-        with path.open("rb") as fh:
-            text = fh.read().decode("utf-8", "replace")
-            mtime = os.fstat(fh.fileno()).st_mtime
+        fd = os.open(inv_dir / "progress", os.O_RDONLY)
     except OSError:
         return Progress({}, {}, False, None)
-    return parse_progress(text, mtime)
+    try:
+        mtime = os.fstat(fd).st_mtime
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return Progress({}, {}, False, None)
+    finally:
+        os.close(fd)
+    return parse_progress(b"".join(chunks).decode("utf-8", "replace"), mtime)
 
 
 def step_started_at(progress: Progress, index: int, record: WorkerRecord) -> float:

@@ -7,6 +7,9 @@ Rules:
 * `bytes` fields are base64 strings on the wire.
 * Any violation raises `ProtocolError` with a short, peer-safe message; the decoder
   never lets a `KeyError`/`TypeError` escape.
+* Converters are built once per type from the annotations and cached: every
+  invocation costs the server and the agent several frames, so the per-frame work
+  is a few dict look-ups, not a walk over `typing` and `dataclasses` metadata.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -33,8 +36,7 @@ M = TypeVar("M", bound=Message)
 
 def encode(message: Message) -> str:
     """Encode a message as one JSON text frame."""
-    body = _to_wire(message)
-    assert isinstance(body, dict)
+    body = _dataclass_encoder(type(message))(message)
     body["type"] = message.TYPE
     return json.dumps(body, separators=(",", ":"))
 
@@ -45,7 +47,13 @@ def decode(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Message:
     """Decode one frame into one of the `allowed` message types, or raise ProtocolError."""
-    size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8", "surrogatepass"))
+    if isinstance(frame, bytes):
+        size = len(frame)
+    elif len(frame) * 4 <= max_bytes or frame.isascii():
+        # UTF-8 needs at most 4 bytes per code point: no need to encode to know it fits.
+        size = len(frame) if frame.isascii() else 0
+    else:
+        size = len(frame.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_bytes}", "too_big")
     try:
@@ -55,18 +63,37 @@ def decode(
     if not isinstance(body, dict):
         raise ProtocolError("message is not a JSON object", "bad_message")
     kind = body.get("type")
-    by_type = {cls.TYPE: cls for cls in allowed}
+    by_type = _by_type(allowed if isinstance(allowed, tuple) else tuple(allowed))
     cls = by_type.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unexpected message type {str(kind)[:40]!r}", "bad_message")
-    value = _from_wire(cls, body, cls.TYPE)
+    value = _converter(cls)(body, cls.TYPE)
     assert isinstance(value, Message)
     return value
 
 
+@cache
+def _by_type(allowed: tuple[type[Message], ...]) -> dict[str, type[Message]]:
+    return {cls.TYPE: cls for cls in allowed}
+
+
+# --- encoding ---------------------------------------------------------------
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _to_wire(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is bytes:
+        return base64.b64encode(value).decode("ascii")
+    if kind is list:
+        return [_to_wire(v) for v in value]
+    if kind is dict:
+        return {k: _to_wire(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return _dataclass_encoder(kind)(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, list):
@@ -76,65 +103,158 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _dataclass_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    encoder = _ENCODERS.get(cls)
+    if encoder is None:
+        encoder = _ENCODERS[cls] = _build_encoder(cls)
+    return encoder
+
+
+def _build_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
+    names = tuple(f.name for f in dataclasses.fields(cls))
+
+    def encode_fields(value: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for name in names:
+            item = getattr(value, name)
+            body[name] = item if type(item) in _PLAIN else _to_wire(item)
+        return body
+
+    return encode_fields
+
+
+# --- decoding ---------------------------------------------------------------
+
+Converter = Callable[[Any, str], Any]
+
+
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _from_wire(tp: Any, raw: Any, path: str) -> Any:
+_CONVERTERS: dict[Any, Converter] = {}
+
+
+def _converter(tp: Any) -> Converter:
+    """The function that checks and converts a wire value of annotation `tp`."""
+    convert = _CONVERTERS.get(tp)
+    if convert is None:
+        convert = _CONVERTERS[tp] = _build_converter(tp)
+    return convert
+
+
+def _build_converter(tp: Any) -> Converter:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
-        if raw is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        return _from_wire(inner[0], raw, path)
+        nullable = type(None) in options
+        inner = _converter(next(o for o in options if o is not type(None)))
+
+        def optional(raw: Any, path: str) -> Any:
+            if raw is None and nullable:
+                return None
+            return inner(raw, path)
+
+        return optional
     if origin is list:
-        if not isinstance(raw, list):
-            raise ProtocolError(f"{path} must be a list", "bad_message")
-        (item,) = get_args(tp)
-        return [_from_wire(item, v, f"{path}[{i}]") for i, v in enumerate(raw)]
+        (item_type,) = get_args(tp)
+        item = _converter(item_type)
+
+        def as_list(raw: Any, path: str) -> Any:
+            if not isinstance(raw, list):
+                raise ProtocolError(f"{path} must be a list", "bad_message")
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(raw)]
+
+        return as_list
     if origin is dict:
-        if not isinstance(raw, dict):
-            raise ProtocolError(f"{path} must be an object", "bad_message")
-        _, item = get_args(tp)
-        return {str(k): _from_wire(item, v, f"{path}.{k}") for k, v in raw.items()}
+        _, value_type = get_args(tp)
+        value = _converter(value_type)
+
+        def as_dict(raw: Any, path: str) -> Any:
+            if not isinstance(raw, dict):
+                raise ProtocolError(f"{path} must be an object", "bad_message")
+            return {str(k): value(v, f"{path}.{k}") for k, v in raw.items()}
+
+        return as_dict
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _dataclass_converter(tp)
+    return _scalar_converter(tp)
+
+
+def _dataclass_converter(cls: type) -> Converter:
+    hints = _hints(cls)
+    fields = [
+        (
+            f.name,
+            _converter(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+    def as_dataclass(raw: Any, path: str) -> Any:
         if not isinstance(raw, dict):
             raise ProtocolError(f"{path} must be an object", "bad_message")
-        hints = _hints(tp)
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(tp):
-            if f.name in raw:
-                kwargs[f.name] = _from_wire(hints[f.name], raw[f.name], f"{path}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{path}.{f.name} is missing", "bad_message")
-        return tp(**kwargs)
-    return _scalar(tp, raw, path)
+        for name, convert, required in fields:
+            if name in raw:
+                kwargs[name] = convert(raw[name], f"{path}.{name}")
+            elif required:
+                raise ProtocolError(f"{path}.{name} is missing", "bad_message")
+        return cls(**kwargs)
+
+    return as_dataclass
 
 
-def _scalar(tp: Any, raw: Any, path: str) -> Any:
-    if tp is bytes:
-        if not isinstance(raw, str):
-            raise ProtocolError(f"{path} must be base64 text", "bad_message")
-        try:
-            return base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError(f"{path} is not valid base64", "bad_message") from exc
-    if tp is bool:
-        if not isinstance(raw, bool):
-            raise ProtocolError(f"{path} must be a boolean", "bad_message")
-        return raw
-    if tp is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ProtocolError(f"{path} must be an integer", "bad_message")
-        return raw
-    if tp is float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ProtocolError(f"{path} must be a number", "bad_message")
-        return float(raw)
-    if tp is str:
-        if not isinstance(raw, str):
-            raise ProtocolError(f"{path} must be a string", "bad_message")
-        return raw
+def _as_bytes(raw: Any, path: str) -> bytes:
+    if not isinstance(raw, str):
+        raise ProtocolError(f"{path} must be base64 text", "bad_message")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"{path} is not valid base64", "bad_message") from exc
+
+
+def _as_bool(raw: Any, path: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ProtocolError(f"{path} must be a boolean", "bad_message")
+    return raw
+
+
+def _as_int(raw: Any, path: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ProtocolError(f"{path} must be an integer", "bad_message")
+    return raw
+
+
+def _as_float(raw: Any, path: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ProtocolError(f"{path} must be a number", "bad_message")
+    return float(raw)
+
+
+def _as_str(raw: Any, path: str) -> str:
+    if not isinstance(raw, str):
+        raise ProtocolError(f"{path} must be a string", "bad_message")
+    return raw
+
+
+def _unsupported(raw: Any, path: str) -> Any:
     raise ProtocolError(f"{path} has an unsupported type", "bad_message")
+
+
+_SCALARS: dict[Any, Converter] = {
+    bytes: _as_bytes,
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    str: _as_str,
+}
+
+
+def _scalar_converter(tp: Any) -> Converter:
+    return _SCALARS.get(tp, _unsupported)

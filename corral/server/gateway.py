@@ -7,7 +7,8 @@ Rules:
 * Output is appended to the blob store at its offset; a gap gets an OutputRewind.
 * A result is stored only once all its output is stored, then committed, then acked.
 * Malformed frames: ErrorMessage and close 1008; oversized: 1009. Nothing is stored.
-* Silence longer than `connection_lost_seconds` closes the connection.
+* Silence longer than `connection_lost_seconds` closes the connection. One timer per
+  connection watches for it (re-armed only when it fires), not a timeout per frame.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ class _Connection:
         self.node_id: str | None = None
         self.outbox: asyncio.Queue[Message | int] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        # When the current wait for a frame began (None while a frame is being handled).
+        self._waiting_since: float | None = None
+        self._silent = False
+        self._silence_timer: asyncio.TimerHandle | None = None
 
     def request_close(self, code: int) -> None:
         """Ask the sender to close the WebSocket with `code`."""
@@ -144,6 +149,7 @@ class _Connection:
         """Serve the connection until it closes, then record the disconnect."""
         self.task = asyncio.current_task()
         sender = asyncio.create_task(self._send_loop(), name="corral-gateway-send")
+        self._arm_silence_timer(asyncio.get_running_loop().time())
         try:
             await self._serve()
         except _Closing as closing:
@@ -154,10 +160,29 @@ class _Connection:
             logger.exception("agent connection failed node_id=%s", self.node_id)
             await self._close(1011)
         finally:
+            if self._silence_timer is not None:
+                self._silence_timer.cancel()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             await self._disconnected()
+
+    def _arm_silence_timer(self, since: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._silence_timer = loop.call_at(
+            since + self.g._config.connection_lost_seconds, self._check_silence
+        )
+
+    def _check_silence(self) -> None:
+        now = asyncio.get_running_loop().time()
+        since = self._waiting_since
+        if since is not None and now - since >= self.g._config.connection_lost_seconds:
+            self._silence_timer = None
+            self._silent = True
+            if self.task is not None:
+                self.task.cancel()  # lands in `_receive`, which closes the connection
+            return
+        self._arm_silence_timer(now if since is None else since)
 
     async def _close(self, code: int) -> None:
         with contextlib.suppress(Exception):
@@ -182,13 +207,19 @@ class _Connection:
         self.outbox.put_nowait(message)
 
     async def _receive(self) -> str | bytes:
+        self._waiting_since = asyncio.get_running_loop().time()
         try:
-            event = await asyncio.wait_for(
-                self.ws.receive(), self.g._config.connection_lost_seconds
-            )
-        except TimeoutError:
+            event = await self.ws.receive()
+        except asyncio.CancelledError:
+            if not self._silent:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
             logger.info("agent silent, closing node_id=%s", self.node_id)
             raise _Closing(CLOSE_GOING_AWAY) from None
+        finally:
+            self._waiting_since = None
         if event["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(event.get("code", CLOSE_NORMAL))
         data = event.get("text")
@@ -321,13 +352,20 @@ class _Connection:
                 return
             # A late chunk of a finished invocation: already complete, nothing to store.
             return
-        key = output_key(message.command_id, node_id, message.stream)
+        await self._store_output(inv, message.stream, message.offset, message.data)
+
+    async def _store_output(
+        self, inv: InvocationState, stream: str, offset: int, data: bytes
+    ) -> bool:
+        """Append a chunk to the blob store; False (and an OutputRewind sent) on a gap."""
+        key = output_key(inv.command_id, inv.node_id, stream)
         try:
-            size = await self.g._blobs.append(key, message.offset, message.data)
+            size = await self.g._blobs.append(key, offset, data)
         except BlobGapError as gap:
-            await self._deliver(OutputRewind(message.command_id, message.stream, gap.size))
-            return
-        self.g._dispatcher.output_stored(inv, message.stream, message.offset, message.data, size)
+            await self._deliver(OutputRewind(inv.command_id, stream, gap.size))
+            return False
+        self.g._dispatcher.output_stored(inv, stream, offset, data, size)
+        return True
 
     async def _result(self, node_id: str, message: Result) -> None:
         inv = self.g._dispatcher.invocation(node_id, message.command_id)

@@ -8,6 +8,7 @@ import uvicorn
 
 from corral.server.app import create_app
 from corral.server.config import ServerConfig
+from corral.server.wsprotocol import AgentWebSocketProtocol
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
@@ -21,6 +22,7 @@ def uvicorn_config(config: ServerConfig) -> uvicorn.Config:
         log_config=None,
         log_level=config.log_level,
         lifespan="on",
+        ws=AgentWebSocketProtocol,
         ws_max_size=4 * config.max_message_bytes + 65_536,
         ws_ping_interval=None,
         # Frames are small JSON; compressing them costs both ends more CPU than it saves.

@@ -567,29 +567,20 @@ class Store:
         """Write many invocation and command changes in one transaction (a group commit)."""
         if not invocations and not commands:
             return
-        inv = _table(m.Invocation)
-        cmd = _table(m.Command)
         now = time.time()
-        async with self._tx() as s:
-            for columns, params in _group(
-                ({"b_cid": c.command_id, "b_nid": c.node_id}, {**c.values(), "updated_at": now})
-                for c in invocations
-            ):
-                stmt = (
-                    update(inv)
-                    .where(
-                        inv.c.command_id == bindparam("b_cid"), inv.c.node_id == bindparam("b_nid")
-                    )
-                    .values({col: bindparam("v_" + col) for col in columns})
-                )
-                await s.execute(stmt, params, execution_options={"synchronize_session": False})
-            for columns, params in _group(({"b_cid": c.command_id}, c.values()) for c in commands):
-                stmt = (
-                    update(cmd)
-                    .where(cmd.c.id == bindparam("b_cid"))
-                    .values({col: bindparam("v_" + col) for col in columns})
-                )
-                await s.execute(stmt, params, execution_options={"synchronize_session": False})
+        # A Core connection, not an ORM session: a group commit runs for every few results
+        # during a fan-out, and the ORM's per-statement bookkeeping is most of its cost.
+        with translate_errors():
+            async with self.engine.begin() as conn:
+                for columns, params in _group(
+                    ({"b_cid": c.command_id, "b_nid": c.node_id}, {**c.values(), "updated_at": now})
+                    for c in invocations
+                ):
+                    await conn.execute(_invocation_update(columns), params)
+                for columns, params in _group(
+                    ({"b_cid": c.command_id}, c.values()) for c in commands
+                ):
+                    await conn.execute(_command_update(columns), params)
 
     async def invocation_counts(
         self, command_ids: Sequence[str]
@@ -632,6 +623,35 @@ def _table(model: Any) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _invocation_update(columns: tuple[str, ...]) -> Any:
+    """UPDATE of these invocation columns keyed by (b_cid, b_nid), built once per column set."""
+    stmt = _UPDATES.get(("invocation", columns))
+    if stmt is None:
+        inv = _table(m.Invocation)
+        stmt = _UPDATES["invocation", columns] = (
+            update(inv)
+            .where(inv.c.command_id == bindparam("b_cid"), inv.c.node_id == bindparam("b_nid"))
+            .values({col: bindparam("v_" + col) for col in columns})
+        )
+    return stmt
+
+
+def _command_update(columns: tuple[str, ...]) -> Any:
+    """UPDATE of these command columns keyed by b_cid, built once per column set."""
+    stmt = _UPDATES.get(("command", columns))
+    if stmt is None:
+        cmd = _table(m.Command)
+        stmt = _UPDATES["command", columns] = (
+            update(cmd)
+            .where(cmd.c.id == bindparam("b_cid"))
+            .values({col: bindparam("v_" + col) for col in columns})
+        )
+    return stmt
 
 
 def _group(
