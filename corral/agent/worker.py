@@ -4,8 +4,7 @@ Rules:
 * Layout of `DIR/invocations/<command_id>/`:
   - `run.sh`: the wrapper, with every step's script, environment and working directory;
     its first line is a comment holding the Invoke as one line of JSON (so one file, not
-    two, is written before the id is journaled and the worker starts); agents before
-    this layout wrote the Invoke to `invoke.json`, which is still read;
+    two, is written before the id is journaled and the worker starts);
   - `stdout`, `stderr`: every step's output, appended;
   - `progress`: `step N RC EPOCH` per finished step, then `done EPOCH`; a last line
     without its newline is half-written and ignored;
@@ -52,7 +51,7 @@ SKIPPED = "Skipped"
 INVOKE_PREFIX = b"# corral-invoke "
 # Files of a finished invocation a spare directory drops (its run.sh is overwritten).
 _REMOVED_FILES = frozenset(
-    {"stdout", "stderr", "progress", "kill", "result.json", "result.json.tmp", "invoke.json"}
+    {"stdout", "stderr", "progress", "kill", "result.json", "result.json.tmp"}
 )
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -208,16 +207,11 @@ def recycle(inv_dir: Path, spare: Path) -> bool:
 
 def read_invoke(inv_dir: Path) -> Invoke:
     """The Invoke stored with an invocation; raises OSError or ProtocolError if damaged."""
-    try:
-        with (inv_dir / "run.sh").open("rb") as fh:
-            line = fh.readline()
-    except FileNotFoundError:
-        line = b""
-    if line.startswith(INVOKE_PREFIX) and line.endswith(b"\n"):
-        raw = line[len(INVOKE_PREFIX) : -1]
-    else:
-        raw = (inv_dir / "invoke.json").read_bytes()  # written by earlier agent versions
-    invoke = codec.decode(raw, [Invoke], 1 << 30)
+    with (inv_dir / "run.sh").open("rb") as fh:
+        line = fh.readline()
+    if not (line.startswith(INVOKE_PREFIX) and line.endswith(b"\n")):
+        raise ProtocolError("run.sh holds no complete invoke record", "bad_message")
+    invoke = codec.decode(line[len(INVOKE_PREFIX) : -1], [Invoke], 1 << 30)
     if not isinstance(invoke, Invoke):
         raise ProtocolError("not an invoke record", "bad_message")
     return invoke

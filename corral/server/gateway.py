@@ -356,16 +356,15 @@ class _Connection:
 
     async def _store_output(
         self, inv: InvocationState, stream: str, offset: int, data: bytes
-    ) -> bool:
-        """Append a chunk to the blob store; False (and an OutputRewind sent) on a gap."""
+    ) -> None:
+        """Append a chunk to the blob store; on a gap, ask the agent to send from the end."""
         key = output_key(inv.command_id, inv.node_id, stream)
         try:
             size = await self.g._blobs.append(key, offset, data)
         except BlobGapError as gap:
             await self._deliver(OutputRewind(inv.command_id, stream, gap.size))
-            return False
+            return
         self.g._dispatcher.output_stored(inv, stream, offset, data, size)
-        return True
 
     async def _result(self, node_id: str, message: Result) -> None:
         inv = self.g._dispatcher.invocation(node_id, message.command_id)

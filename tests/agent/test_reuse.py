@@ -12,7 +12,7 @@ import pytest
 from corral.agent import worker
 from corral.agent.runner import Runner
 from corral.errors import ProtocolError
-from corral.protocol import Invoke, Output, Result, ResultAck, Step, codec
+from corral.protocol import Invoke, Output, Result, ResultAck, Step
 from tests.agent.conftest import FAST, Sink, wait_until
 
 INVOKE = Invoke("c-1", [Step("s", "echo 'a\nb' \u00e9", {"K": "v\nw"}, "/tmp", 30)], 60)
@@ -29,20 +29,13 @@ def test_invoke_is_kept_in_the_wrapper_and_read_back(tmp_path: Path) -> None:
     assert rest == worker.render_wrapper(inv_dir, INVOKE.steps).encode()
 
 
-def test_invoke_json_of_earlier_agents_is_still_read(tmp_path: Path) -> None:
-    inv_dir = tmp_path / "old"
-    inv_dir.mkdir()
-    (inv_dir / "run.sh").write_text(worker.render_wrapper(inv_dir, INVOKE.steps))
-    (inv_dir / "invoke.json").write_text(codec.encode(INVOKE))
-    assert worker.read_invoke(inv_dir) == INVOKE
-
-
 @pytest.mark.parametrize(
     "content",
     [
         b'# corral-invoke {"type": "invoke", "command_id"',  # torn: no newline
         b'# corral-invoke {"type": "invoke"}\n',  # fields missing
         b"# corral-invoke not json\n",
+        b"echo a wrapper without its record\n",
     ],
 )
 def test_damaged_invoke_record_is_refused(tmp_path: Path, content: bytes) -> None:
