@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             "\nPress Ctrl-C to stop the demo and clean up.\n"
         )
         out.flush()
+        # Ctrl-C and SIGTERM both end the demo, even when it was started with SIGINT
+        # ignored (as background jobs of a non-interactive shell are).
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         while True:
             signal.pause()
     except KeyboardInterrupt:
