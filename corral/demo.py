@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="stop after the fan-out")
     parser.add_argument("--keep", action="store_true", help="keep the demo directory")
     options = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM both end the demo at any point, even when it was started with
+    # SIGINT ignored (as background jobs of a non-interactive shell are).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="corral-demo-"))
     demo = Demo(root, _free_port())
     out = sys.stdout
@@ -191,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
             "\nPress Ctrl-C to stop the demo and clean up.\n"
         )
         out.flush()
-        # Ctrl-C and SIGTERM both end the demo, even when it was started with SIGINT
-        # ignored (as background jobs of a non-interactive shell are).
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
         while True:
             signal.pause()
     except KeyboardInterrupt:
