@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.e2e.harness import PYTHON, base_env
+from tests.e2e.harness import PYTHON, base_env, kill_workers
 
 
 def test_demo_runs_a_fan_out_and_cleans_up() -> None:
@@ -53,6 +53,11 @@ def test_ctrl_c_stops_the_demo_and_removes_everything() -> None:
     finally:
         if demo.poll() is None:
             demo.kill()
+            demo.wait()
+            if lines:  # the demo could not clean up after itself: do it for it
+                match = re.search(r"data in (\S+)/server", lines[0])
+                if match:
+                    kill_workers(Path(match.group(1)))
     assert demo.returncode == 0
     assert "Demo stopped; every process ended." in rest
     assert not root.exists()
