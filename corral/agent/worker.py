@@ -189,6 +189,9 @@ def prepare(inv_dir: Path, invoke: Invoke, spare: Path | None = None) -> None:
 def recycle(inv_dir: Path, spare: Path) -> bool:
     """Empty a finished invocation's directory and move it to `spare`; else remove it.
 
+    Nothing of the finished invocation stays readable: `run.sh` is kept only as an
+    empty file, for its inode.
+
     Returns True when `spare` now holds an empty directory ready for `prepare`.
     """
     try:
@@ -198,6 +201,9 @@ def recycle(inv_dir: Path, spare: Path) -> bool:
         for name in names:
             if name != "run.sh":
                 os.unlink(inv_dir / name)
+        if "run.sh" in names:
+            # Keep the inode, not the finished invocation's scripts and environment.
+            os.truncate(inv_dir / "run.sh", 0)
         os.rename(inv_dir, spare)
     except OSError:
         shutil.rmtree(inv_dir, ignore_errors=True)

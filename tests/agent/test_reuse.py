@@ -56,6 +56,7 @@ def test_recycle_keeps_only_the_directory_and_wrapper(tmp_path: Path) -> None:
     assert worker.recycle(inv_dir, spare)
     assert not inv_dir.exists()
     assert sorted(os.listdir(spare)) == ["run.sh"]
+    assert (spare / "run.sh").read_bytes() == b""  # no script or environment kept after ack
 
     again = tmp_path / "next"
     invoke = Invoke("next", [Step("s", "echo next")])

@@ -6,7 +6,11 @@ import json
 import os
 import stat
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.harness import PYTHON, Agent, Fleet, base_env, wait_for
 
@@ -29,6 +33,13 @@ def test_admin_token_is_private(fresh_fleet: Fleet) -> None:
 
 
 def test_health_needs_no_token_but_the_api_does(fresh_fleet: Fleet) -> None:
+    with urllib.request.urlopen(fresh_fleet.server.url + "/healthz", timeout=5) as response:
+        assert response.status == 200
+        assert json.loads(response.read())["status"] == "ok"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(fresh_fleet.server.url + "/api/v1/nodes", timeout=5)
+    assert refused.value.code == 401
+    refused.value.close()
     unauthenticated = fresh_fleet.server.cli("nodes", "list", env={"CORRAL_TOKEN": "crl_wrong"})
     assert unauthenticated.returncode == 4
 
