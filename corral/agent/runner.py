@@ -113,6 +113,11 @@ class Runner:
         self._janitor: asyncio.Task[None] | None = None
         self.chunk_bytes = DEFAULT_OUTPUT_CHUNK_BYTES
 
+    @property
+    def spare_directories(self) -> tuple[Path, ...]:
+        """Emptied directories the next invocations will reuse (newest last)."""
+        return tuple(self._spares)
+
     # --- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:

@@ -91,7 +91,7 @@ async def test_runner_reuses_directories_without_old_output(state_dir: Path) -> 
         await runner.handle(Invoke("first", [Step("s", "echo first-output; echo e >&2")]))
         await wait_until(lambda: sink.of(Result))
         await runner.handle(ResultAck("first"))
-        await wait_until(lambda: (state_dir / "spare" / "first").is_dir())
+        await wait_until(lambda: state_dir / "spare" / "first" in runner.spare_directories)
         assert not (state_dir / "invocations" / "first").exists()
 
         await runner.handle(Invoke("second", [Step("s", "echo second")]))
@@ -121,7 +121,7 @@ async def runner_after_restart_reuses(state_dir: Path) -> None:
     try:
         await wait_until(lambda: sink.of(Result))  # the result is sent again first
         await runner.handle(ResultAck("second"))
-        await wait_until(lambda: (state_dir / "spare" / "second").is_dir())
+        await wait_until(lambda: state_dir / "spare" / "second" in runner.spare_directories)
         await runner.close()
         runner = Runner(state_dir, FAST)
         await runner.start()
@@ -149,7 +149,7 @@ async def test_left_over_background_writer_cannot_reach_the_next_invocation(
         await runner.handle(Invoke("leaver", [Step("s", script)]))
         await wait_until(lambda: sink.of(Result) and pidfile.exists())
         await runner.handle(ResultAck("leaver"))
-        await wait_until(lambda: (state_dir / "spare" / "leaver").is_dir())
+        await wait_until(lambda: state_dir / "spare" / "leaver" in runner.spare_directories)
         await runner.handle(Invoke("after", [Step("s", "echo clean")]))
         await wait_until(lambda: len(sink.of(Result)) == 2)
         await asyncio.sleep(0.05)  # the left-over writer keeps writing meanwhile
