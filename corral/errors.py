@@ -6,7 +6,9 @@ CorralError                      root; never raised directly
 │   └── DocumentError            a document or its parameters failed validation
 ├── NotFoundError                the named thing does not exist (HTTP 404, exit 3)
 ├── ConflictError                the request contradicts current state (HTTP 409, exit 2)
-├── AuthError                    authentication failed or access denied (HTTP 401/403, exit 4)
+├── AuthError                    authentication failed (HTTP 401, exit 4)
+│   ├── AccessDeniedError        authenticated, but policy does not allow it (HTTP 403, exit 4)
+│   └── RateLimitedError         too many failed authentications from one source (HTTP 429, exit 4)
 ├── UnavailableError             a dependency is down; retryable (HTTP 503, exit 5)
 └── ProtocolError                a peer broke the agent-channel protocol; carries a close `code`
 ```
@@ -50,6 +52,18 @@ class ConflictError(CorralError):
 
 class AuthError(CorralError):
     """Authentication failed, or the principal may not do this."""
+
+
+class AccessDeniedError(AuthError):
+    """The principal is known but policy does not allow the action on the resource."""
+
+
+class RateLimitedError(AuthError):
+    """Too many failed authentications from one source; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UnavailableError(CorralError):

@@ -61,6 +61,11 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `corral agent` argument parser."""
     parser = argparse.ArgumentParser(
@@ -78,10 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--state-dir", required=True, type=Path)
     reg.add_argument("--tag", action="append", type=_tag, default=[], metavar="KEY=VALUE")
     reg.add_argument("--force", action="store_true", help="replace an existing registration")
+    reg.add_argument(
+        "--ca-fingerprint",
+        metavar="sha256:HEX",
+        help="pin the server's CA (printed by `corral activation create`)",
+    )
+    reg.add_argument(
+        "--ca-file",
+        type=Path,
+        default=_env_path("CORRAL_AGENT_CA_FILE"),
+        help="trust the CA certificates in FILE, host names checked (env CORRAL_AGENT_CA_FILE)",
+    )
     reg.add_argument("-o", "--output", choices=["text", "json"], default="text")
     run = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
     run.add_argument("--state-dir", required=True, type=Path)
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--ca-file",
+        type=Path,
+        default=_env_path("CORRAL_AGENT_CA_FILE"),
+        help="trust these CA certificates instead of the stored ones (env CORRAL_AGENT_CA_FILE)",
+    )
     for name, var in ENV_VARS.items():
         run.add_argument(
             "--" + name.replace("_", "-"),
@@ -117,7 +139,7 @@ def _fail(exc: CorralError, as_json: bool) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from corral.agent.register import register
+    from corral.agent.register import TrustRequest, register
 
     as_json = args.output == "json"
     if not args.activation_code:
@@ -133,6 +155,7 @@ def _register(args: argparse.Namespace) -> int:
             args.state_dir,
             dict(args.tag),
             force=args.force,
+            trust_request=TrustRequest(args.ca_fingerprint, args.ca_file),
         )
     except CorralError as exc:
         return _fail(exc, as_json)
@@ -158,16 +181,16 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(ValidationError(str(exc)), False)
     try:
-        asyncio.run(_serve(args.state_dir, options))
+        asyncio.run(_serve(args.state_dir, options, args.ca_file))
     except CorralError as exc:
         return _fail(exc, False)
     return 0
 
 
-async def _serve(state_dir: Path, options: AgentOptions) -> None:
+async def _serve(state_dir: Path, options: AgentOptions, ca_file: Path | None) -> None:
     from corral.agent.connection import Agent
 
-    agent = Agent(state_dir, options)
+    agent = Agent(state_dir, options, ca_file=ca_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,9 @@ Rules:
 * After any disconnect the agent waits a random time in [0, min(cap, base * 2**n)]
   (full jitter) and retries; a Welcome resets n. A refused authentication (the node
   was deregistered) is logged as an error and retried at the cap.
+* wss:// is verified as tls.py says (a pinned CA, a CA file or the system store),
+  on every connection attempt; a certificate that fails is logged as an error and
+  the attempt counts as a failed connection (the backoff goes on).
 * `Agent` holds no globals and installs no signal handlers, so one process can
   host many (see swarm.py).
 """
@@ -18,8 +21,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -28,6 +33,7 @@ from corral.agent.identity import Identity, load_identity
 from corral.agent.nodeinfo import collect_node_info
 from corral.agent.options import AgentOptions
 from corral.agent.runner import Runner, Send, offload
+from corral.agent.tls import ServerTrust, certificate_error, trust_from_ca_file, untrusted_message
 from corral.errors import AuthError, ProtocolError, UnavailableError
 from corral.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -74,9 +80,13 @@ class Agent:
         state_dir: Path,
         options: AgentOptions,
         rand: random.Random | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.options = options
+        self._ca_file = ca_file
+        self._trust: ServerTrust | None = None
+        self._ssl: ssl.SSLContext | None = None
         self.runner = Runner(state_dir, options)
         self.connected = asyncio.Event()
         self.connections = 0
@@ -90,6 +100,14 @@ class Agent:
         """Connect and serve until `stop()`; raises ValidationError if not registered."""
         self._identity = load_identity(self.state_dir)
         url = channel_url(self._identity.server_url)
+        self._trust = self._identity.trust
+        if self._ca_file is not None:
+            self._trust = trust_from_ca_file(self._ca_file)
+        if url.startswith("wss:"):
+            self._ssl = self._trust.context()
+            logger.info("server certificates are checked against %s", self._trust.describe())
+        elif self._ca_file is not None:
+            logger.warning("--ca-file is ignored: the server URL %s is not https", url)
         await self.runner.start()
         attempt = 0
         try:
@@ -112,7 +130,15 @@ class Agent:
                     )
                     delay_at_cap = True
                 except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-                    logger.warning("cannot connect to %s: %s", url, _describe(exc))
+                    untrusted = certificate_error(exc)
+                    if untrusted is not None and self._trust is not None:
+                        logger.error(
+                            "node_id=%s: refusing the server: %s; retrying",
+                            self._identity.node_id,
+                            untrusted_message(url, self._trust, untrusted),
+                        )
+                    else:
+                        logger.warning("cannot connect to %s: %s", url, _describe(exc))
                 except (ConnectionClosed, ProtocolError, UnavailableError) as exc:
                     if self._stopping.is_set():
                         logger.debug("connection closed on shutdown: %s", _describe(exc))
@@ -153,11 +179,13 @@ class Agent:
 
     async def _session(self, url: str) -> None:
         assert self._identity is not None
+        tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
         async with connect(
             url,
             open_timeout=self.options.connect_timeout,
             max_size=_RECEIVE_LIMIT,
             close_timeout=self.options.connect_timeout,
+            **tls,
         ) as ws:
             self._ws = ws
             if self._stopping.is_set():

@@ -1,7 +1,9 @@
-"""The agent's state directory: node identity (id, server URL, Ed25519 key).
+"""The agent's state directory: node identity (id, server URL, Ed25519 key, TLS trust).
 
-Layout: `DIR/identity.json` ({"node_id", "server_url"}) and `DIR/node.key` (the
-32-byte Ed25519 seed, hex). The directory is mode 0700 and every file 0600.
+Layout: `DIR/identity.json` ({"node_id", "server_url", "trust"}), `DIR/node.key` (the
+32-byte Ed25519 seed, hex) and, for the `pinned` and `ca_file` trust modes (see
+tls.py), `DIR/ca.pem`. The directory is mode 0700 and every file 0600.
+identity.json is written last: it is what marks the directory as registered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from corral.agent.tls import CA_FILE, SYSTEM_TRUST, TRUST_MODES, TRUST_SYSTEM, ServerTrust
 from corral.errors import ValidationError
 
 NODE_ID_RE = re.compile(r"^mi-[0-9a-f]{17}$")
@@ -28,6 +31,7 @@ class Identity:
     node_id: str
     server_url: str
     signing_key: SigningKey
+    trust: ServerTrust = SYSTEM_TRUST
 
     def sign(self, payload: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature of `payload`."""
@@ -57,13 +61,24 @@ def is_registered(state_dir: Path) -> bool:
     return (state_dir / IDENTITY_FILE).exists() or (state_dir / KEY_FILE).exists()
 
 
-def save_identity(state_dir: Path, node_id: str, server_url: str, key: SigningKey) -> None:
-    """Store a fresh registration in `state_dir`."""
+def save_identity(
+    state_dir: Path,
+    node_id: str,
+    server_url: str,
+    key: SigningKey,
+    trust: ServerTrust | None = None,
+) -> None:
+    """Store a fresh registration in `state_dir` (and the trusted CA, if there is one)."""
     if not NODE_ID_RE.match(node_id):
         raise ValidationError(f"server returned an invalid node id {node_id[:40]!r}", "node_id")
+    trust = trust or SYSTEM_TRUST
     ensure_private_dir(state_dir)
     write_private_file(state_dir / KEY_FILE, bytes(key).hex().encode("ascii") + b"\n")
-    body = {"node_id": node_id, "server_url": server_url}
+    if trust.ca_pem is not None:
+        write_private_file(state_dir / CA_FILE, trust.ca_pem.encode("ascii"))
+    else:
+        (state_dir / CA_FILE).unlink(missing_ok=True)
+    body = {"node_id": node_id, "server_url": server_url, "trust": trust.mode}
     write_private_file(state_dir / IDENTITY_FILE, json.dumps(body).encode("utf-8") + b"\n")
 
 
@@ -84,4 +99,18 @@ def load_identity(state_dir: Path) -> Identity:
         raise ValidationError(f"registration in {state_dir} has no valid node id", "state_dir")
     if not isinstance(server_url, str) or len(seed) != 32:
         raise ValidationError(f"registration in {state_dir} is damaged", "state_dir")
-    return Identity(node_id=node_id, server_url=server_url, signing_key=SigningKey(seed))
+    mode = body.get("trust", TRUST_SYSTEM)
+    if mode not in TRUST_MODES:
+        raise ValidationError(f"registration in {state_dir} has an unknown trust mode", "state_dir")
+    trust = ServerTrust(mode)
+    if mode != TRUST_SYSTEM:
+        ca_path = state_dir / CA_FILE
+        try:
+            trust = ServerTrust(mode, ca_path.read_text("ascii"), str(ca_path))
+        except (OSError, ValueError) as exc:
+            raise ValidationError(
+                f"the server's CA certificate {ca_path} is missing or unreadable; register the "
+                "node again with --force",
+                "state_dir",
+            ) from exc
+    return Identity(node_id, server_url, SigningKey(seed), trust)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -53,9 +54,11 @@ def create(
         body["expires_seconds"] = int(parse_duration(expires, "expires"))
     with state.client() as client:
         created = client.post("/api/v1/activations", body)
+        server_url = client.connection.server
     if state.json_output:
         output.emit_json(created)
         return
+    fingerprint = created.get("ca_fingerprint")
     output.print_fields(
         [
             ("Activation ID", str(created.get("activation_id"))),
@@ -63,9 +66,24 @@ def create(
             ("Registrations", f"0/{created.get('registration_limit')}"),
             ("Tags", output.format_tags(created.get("tags"))),
             ("Expires", output.format_time(created.get("expires_at"))),
+            ("CA fingerprint", str(fingerprint) if fingerprint else "- (the server has no TLS)"),
         ]
     )
+    output.write_raw("\nOn each node, run:\n  " + register_command(server_url, created) + "\n")
     output.note("The activation code is shown only once; store it now.")
+
+
+def register_command(server_url: str, created: dict[str, Any]) -> str:
+    """The `corral agent register` line that uses activation `created` (CA pinned if any)."""
+    words = [
+        "corral", "agent", "register", "--server", server_url,
+        "--activation-id", str(created.get("activation_id")),
+        "--activation-code", str(created.get("activation_code")),
+    ]  # fmt: skip
+    if created.get("ca_fingerprint"):
+        words += ["--ca-fingerprint", str(created["ca_fingerprint"])]
+    words += ["--state-dir", "/var/lib/corral-agent"]
+    return shlex.join(words)
 
 
 @app.command("list")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ _STATUS_EXIT = {
     422: (EXIT_USAGE, "ValidationError"),
     409: (EXIT_USAGE, "ConflictError"),
     401: (EXIT_AUTH, "AuthError"),
-    403: (EXIT_AUTH, "AuthError"),
+    403: (EXIT_AUTH, "AccessDeniedError"),
+    429: (EXIT_AUTH, "RateLimitedError"),
     404: (EXIT_NOT_FOUND, "NotFoundError"),
     503: (EXIT_UNAVAILABLE, "UnavailableError"),
 }
@@ -155,6 +157,30 @@ def resolve_connection(server: str | None, token: str | None, ca_file: str | Non
 # --- client --------------------------------------------------------------------------
 
 
+def ca_file_context(ca_file: str) -> ssl.SSLContext:
+    """A TLS context that trusts only the CA certificates in `ca_file`; CliError if unusable."""
+    try:
+        return ssl.create_default_context(cafile=os.path.expanduser(ca_file))
+    except FileNotFoundError as exc:
+        raise CliError(f"--ca-file {ca_file} does not exist", field="ca_file") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"--ca-file {ca_file} is not a readable PEM CA certificate", field="ca_file"
+        ) from exc
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error, if that is its cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class ApiClient:
     """A small synchronous client for /api/v1 that raises CliError on every failure."""
 
@@ -163,7 +189,9 @@ class ApiClient:
         headers = {"Accept": "application/json", "User-Agent": "corral-cli"}
         if connection.token:
             headers["Authorization"] = f"Bearer {connection.token}"
-        verify: str | bool = connection.ca_file if connection.ca_file else True
+        verify: ssl.SSLContext | bool = True
+        if connection.ca_file:
+            verify = ca_file_context(connection.ca_file)
         self._http = httpx.Client(
             base_url=connection.server,
             headers=headers,
@@ -200,6 +228,13 @@ class ApiClient:
                 exit_code=EXIT_UNAVAILABLE,
             ) from exc
         except httpx.TransportError as exc:
+            untrusted = _certificate_error(exc)
+            if untrusted is not None:
+                raise CliError(
+                    self._untrusted_message(untrusted),
+                    type_="UnavailableError",
+                    exit_code=EXIT_UNAVAILABLE,
+                ) from exc
             raise CliError(
                 f"cannot reach server {self.connection.server}: {exc}",
                 type_="UnavailableError",
@@ -217,6 +252,20 @@ class ApiClient:
                 type_="InternalError",
                 exit_code=EXIT_FAILED,
             ) from exc
+
+    def _untrusted_message(self, error: ssl.SSLCertVerificationError) -> str:
+        reason = error.verify_message or "verification failed"
+        if self.connection.ca_file:
+            hint = f"is --ca-file {self.connection.ca_file} the server's CA?"
+        else:
+            hint = (
+                "for a server with a private CA pass --ca-file (or set CORRAL_CA_FILE) "
+                "with its CA certificate (GET /ca.pem; DATA_DIR/tls/ca.crt on the server)"
+            )
+        return (
+            f"the TLS certificate of server {self.connection.server} could not be verified "
+            f"({reason}); {hint}"
+        )
 
     def get(self, path: str, params: Any = None) -> Any:
         """GET and decode."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -48,7 +49,8 @@ def login(
     values = read_config(path)
     values.update({"server": connection.server, "token": secret})
     if ca:
-        values["ca_file"] = ca
+        # Absolute, so the saved config works from any directory.
+        values["ca_file"] = str(Path(ca).expanduser().resolve())
     write_config(path, values)
     if state.json_output:
         output.emit_json({"server": connection.server, "config_file": str(path)})

@@ -15,6 +15,7 @@ from corral.cli.values import parse_duration, parse_listen
 from corral.server.config import ServerConfig
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_TLS_MODES = ("auto", "on", "off")
 
 
 def build_config(
@@ -65,11 +66,55 @@ def server(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info or debug.")
     ] = "info",
+    tls: Annotated[
+        str,
+        typer.Option(
+            "--tls",
+            envvar="CORRAL_TLS",
+            help="auto (HTTPS unless listening on loopback), on or off.",
+        ),
+    ] = "auto",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="CORRAL_TLS_CERT",
+            help="Server certificate (PEM; chain after it). Default: generated.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", envvar="CORRAL_TLS_KEY", help="Key of --tls-cert (PEM)."),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="CORRAL_TLS_CA",
+            help="CA that issued --tls-cert, published for agents to pin.",
+        ),
+    ] = None,
+    tls_san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-san", help="Extra DNS name or IP for the generated certificate (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Run the Corral server (HTTP API and agent endpoint) until interrupted."""
     if log_level.lower() not in _LOG_LEVELS:
         raise typer.BadParameter(f"use one of {', '.join(_LOG_LEVELS)}", param_hint="--log-level")
+    if tls.lower() not in _TLS_MODES:
+        raise typer.BadParameter(f"use one of {', '.join(_TLS_MODES)}", param_hint="--tls")
     config = build_config(data_dir, listen, database_url, heartbeat, log_level)
+    config = dataclasses.replace(
+        config,
+        tls=tls.lower(),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_san=tuple(tls_san or ()),
+    )
     # Imported lazily so the rest of the CLI never loads the web framework.
     server_main = importlib.import_module("corral.server.main")
     result = server_main.run(config)

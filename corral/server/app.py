@@ -9,25 +9,40 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Response, WebSocket
 
 from corral import __version__
+from corral.audit.log import AuditLog, load_audit_key
 from corral.blobs import LocalBlobStore
 from corral.bus import InProcessBus
-from corral.errors import CorralError
-from corral.server.api import activations, commands, documents, nodes
+from corral.errors import ConflictError, CorralError, NotFoundError
+from corral.identity import BUILTIN_POLICIES, NODE_ROLE
+from corral.server.api import (
+    access,
+    activations,
+    audit,
+    commands,
+    documents,
+    identity,
+    meta,
+    nodes,
+)
+from corral.server.auditing import AuditMiddleware
+from corral.server.auth import Authenticator, stream_recheck_loop
 from corral.server.config import ServerConfig
 from corral.server.context import ServerContext
 from corral.server.dispatcher import Dispatcher
 from corral.server.errors import install_error_handlers
 from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
+from corral.server.tls import ServerTls
 from corral.server.writer import ChangeWriter
 from corral.store import Store, sqlite_url
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_SETTING = "bootstrap.admin_token_id"  # noqa: S105 - a setting name
+BOOTSTRAP_USER = "admin"
 
 
 def _prepare_data_dir(config: ServerConfig) -> None:
@@ -43,12 +58,19 @@ def _write_secret(path: Path, secret: str) -> None:
 
 
 async def ensure_admin_token(store: Store, config: ServerConfig) -> None:
-    """On first start only, create an admin token and write it to DIR/admin-token (0600)."""
+    """On first start only: an `admin` user and its token, written to DIR/admin-token (0600)."""
     if config.admin_token_path.exists():
         return
     if await store.get_setting(ADMIN_TOKEN_SETTING) is not None:
         return
-    token, record = await store.create_token("bootstrap admin token")
+    try:
+        admin = await store.get_user(BOOTSTRAP_USER)
+    except NotFoundError:
+        try:
+            admin = await store.create_user(BOOTSTRAP_USER, ["admin"])
+        except ConflictError:  # another replica created it first
+            admin = await store.get_user(BOOTSTRAP_USER)
+    token, record = await store.create_token("bootstrap admin token", user_id=admin.id)
     if not await store.add_setting(ADMIN_TOKEN_SETTING, record.id):
         await store.revoke_token(record.id)
         return
@@ -56,13 +78,29 @@ async def ensure_admin_token(store: Store, config: ServerConfig) -> None:
     logger.info("admin token written path=%s", config.admin_token_path)
 
 
+async def open_audit_log(store: Store, config: ServerConfig) -> AuditLog:
+    """The audit log with its key (created only while the log is empty)."""
+    count, _head = await store.audit_head()
+    key = await asyncio.to_thread(load_audit_key, config.audit_key_path, count == 0)
+    return AuditLog(
+        store,
+        key,
+        config.audit_checkpoint_path,
+        batch_seconds=config.audit_batch_seconds,
+        checkpoint_seconds=config.audit_checkpoint_seconds,
+        retry_seconds=config.write_retry_seconds,
+    )
+
+
 async def build_context(config: ServerConfig) -> ServerContext:
     """Open the store and create every long-lived part (not yet started)."""
     await asyncio.to_thread(_prepare_data_dir, config)
     store = await Store.open(config.database_url or sqlite_url(config.sqlite_path))
     try:
+        await store.sync_builtin_roles(BUILTIN_POLICIES, editable=[NODE_ROLE])
         await ensure_admin_token(store, config)
         await documents.seed_builtins(store)
+        audit = await open_audit_log(store, config)
         blobs = LocalBlobStore(config.blob_dir)
         bus = InProcessBus()
         writer = ChangeWriter(
@@ -72,13 +110,24 @@ async def build_context(config: ServerConfig) -> ServerContext:
             config.write_retry_seconds,
         )
         renderer = RenderCache(store)
-        dispatcher = Dispatcher(config, store, bus, writer, renderer)
+        dispatcher = Dispatcher(config, store, bus, writer, renderer, audit)
         await dispatcher.load()
-        gateway = Gateway(config, store, blobs, bus, dispatcher, writer)
+        gateway = Gateway(config, store, blobs, bus, dispatcher, writer, audit)
     except BaseException:
         await store.close()
         raise
-    return ServerContext(config, store, blobs, bus, writer, renderer, dispatcher, gateway)
+    return ServerContext(
+        config=config,
+        store=store,
+        blobs=blobs,
+        bus=bus,
+        writer=writer,
+        renderer=renderer,
+        dispatcher=dispatcher,
+        gateway=gateway,
+        audit=audit,
+        auth=Authenticator(config, store),
+    )
 
 
 async def _presence_loop(context: ServerContext) -> None:
@@ -90,39 +139,63 @@ async def _presence_loop(context: ServerContext) -> None:
             logger.warning("presence check failed error=%s", error.message)
 
 
-def create_app(config: ServerConfig) -> FastAPI:
-    """The Corral server application for `config`."""
+def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
+    """The Corral server application for `config`; `tls` is what the server in front serves."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Start the server's parts, and stop them in uvicorn's order."""
         context = await build_context(config)
+        context.tls = tls
         app.state.context = context
+        await context.audit.start()
         context.writer.start()
         context.dispatcher.start()
         presence = asyncio.create_task(_presence_loop(context), name="corral-presence")
+        recheck = asyncio.create_task(
+            stream_recheck_loop(context.auth, config.stream_recheck_seconds),
+            name="corral-stream-recheck",
+        )
         logger.info("server started version=%s", __version__)
         try:
             yield
         finally:
             grace = config.shutdown_grace_seconds
             closed = await context.gateway.close_all(grace)
-            presence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await presence
+            for task in (presence, recheck):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await context.dispatcher.stop(grace)
             await context.writer.close()
+            await context.audit.close()
             await context.bus.close()
             await context.store.close()
             logger.info("server stopped agent_connections_closed=%d", closed)
 
-    app = FastAPI(title="Corral", version=__version__, lifespan=lifespan)
+    # The OpenAPI description is served to authenticated callers only (api/meta.py).
+    app = FastAPI(
+        title="Corral",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
+    app.add_middleware(AuditMiddleware)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Liveness: no token needed."""
         return {"status": "ok", "version": __version__}
+
+    @app.get("/ca.pem", tags=["tls"], response_class=Response)
+    async def ca_certificate() -> Response:
+        """The CA certificate agents pin (public; no token needed); 404 without TLS."""
+        if tls is None:
+            raise NotFoundError("this server does not serve TLS, so it has no CA certificate")
+        return Response(tls.ca_pem, media_type="application/x-pem-file")
 
     @app.websocket("/agent/v1/connect")
     async def agent_connect(websocket: WebSocket) -> None:
@@ -131,6 +204,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         assert isinstance(context, ServerContext)
         await context.gateway.serve(websocket)
 
-    for router in (activations.router, nodes.router, documents.router, commands.router):
+    for router in (
+        activations.router,
+        nodes.router,
+        documents.router,
+        commands.router,
+        identity.router,
+        access.router,
+        audit.router,
+        meta.router,
+    ):
         app.include_router(router)
     return app

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,48 @@ class ServerConfig:
     # Log level name for the server process.
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
+    # Audit log: the HMAC key (outside the database; $CORRAL_AUDIT_KEY overrides) and
+    # the append-only file of signed checkpoints. None: in data_dir.
+    audit_key_file: Path | None = None
+    audit_checkpoint_file: Path | None = None
+    # Records of concurrent calls share one commit if they arrive within this window.
+    audit_batch_seconds: float = 0.002
+    # A signed checkpoint is written this often (when there are new records).
+    audit_checkpoint_seconds: float = 300.0
+    # Failed authentications: this many from one address within the window lock it
+    # out (HTTP 429) for the lockout period.
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: float = 60.0
+    auth_lockout_seconds: float = 60.0
+    # Open streams (sessions, follows) re-check their principal this often.
+    stream_recheck_seconds: float = 5.0
+    # Signed node requests: largest accepted clock difference.
+    node_request_max_skew_seconds: float = 300.0
+    # Just-in-time access: the shortest and longest duration a request may ask for.
+    access_min_duration_seconds: float = 60.0
+    access_max_duration_seconds: float = 24 * 3600.0
+    # TLS (see corral/server/tls.py): "auto" serves HTTPS/WSS unless the listen host is
+    # loopback (or always, when tls_cert is given); "on" and "off" force it.
+    tls: str = "auto"
+    # Operator-supplied certificate (chain) and key; None: generated in data_dir/tls.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The CA whose fingerprint agents pin (with tls_cert); None: the leaf is pinned.
+    tls_ca: Path | None = None
+    # Extra subjectAltNames (DNS names or IPs) for the generated server certificate.
+    tls_san: tuple[str, ...] = ()
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the server serves HTTPS/WSS."""
+        if self.tls == "auto":
+            return self.tls_cert is not None or not is_loopback_host(self.host)
+        return self.tls == "on"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the generated CA and server certificate live."""
+        return self.data_dir / "tls"
 
     @property
     def sqlite_path(self) -> Path:
@@ -53,6 +107,16 @@ class ServerConfig:
     def admin_token_path(self) -> Path:
         """The bootstrap admin token written on first start (mode 0600)."""
         return self.data_dir / "admin-token"
+
+    @property
+    def audit_key_path(self) -> Path:
+        """The audit HMAC key file (mode 0600)."""
+        return self.audit_key_file or self.data_dir / "audit.key"
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        """The append-only file of signed audit checkpoints."""
+        return self.audit_checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
 
     @property
     def blob_dir(self) -> Path:

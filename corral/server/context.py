@@ -7,12 +7,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from corral.audit.log import AuditLog
 from corral.blobs import BlobStore
 from corral.bus import NodeBus
+from corral.server.auth import Authenticator
 from corral.server.config import ServerConfig
 from corral.server.dispatcher import Dispatcher
 from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
+from corral.server.tls import ServerTls
 from corral.server.writer import ChangeWriter
 from corral.store import Store
 
@@ -29,6 +32,10 @@ class ServerContext:
     renderer: RenderCache
     dispatcher: Dispatcher
     gateway: Gateway
+    audit: AuditLog
+    auth: Authenticator
+    # What the server serves over TLS (None: plain HTTP); agents pin its CA.
+    tls: ServerTls | None = None
 
 
 def get_context(request: Request) -> ServerContext:

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from corral.audit.log import AuditLog
 from corral.bus import NodeBus
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.protocol import Cancel, Invoke, Result, Status, command_status, counts_as_error
@@ -83,8 +84,10 @@ class Dispatcher:
         bus: NodeBus,
         writer: ChangeWriter,
         renderer: RenderCache,
+        audit: AuditLog | None = None,
     ) -> None:
         self._config = config
+        self._audit = audit
         self._store = store
         self._bus = bus
         self._writer = writer
@@ -176,34 +179,15 @@ class Dispatcher:
         self._commands[record.id] = state
 
     def add_command(
-        self, record: CommandRecord, node_ids: Sequence[str], platforms: dict[str, str | None]
+        self,
+        record: CommandRecord,
+        invocations: Sequence[InvocationRecord],
+        platforms: dict[str, str | None],
     ) -> None:
-        """Start dispatching a command the API just stored."""
+        """Start dispatching a command the API just stored (final invocations are kept as is)."""
         self._platforms.update(platforms)
-        invocations = [
-            InvocationRecord(
-                command_id=record.id,
-                node_id=node_id,
-                seq=i,
-                status="Pending",
-                status_details="Pending",
-                response_code=None,
-                stdout_head="",
-                stderr_head="",
-                stdout_bytes=0,
-                stderr_bytes=0,
-                requested_at=record.requested_at,
-                sent_at=None,
-                started_at=None,
-                ended_at=None,
-                steps=[],
-                message="",
-                updated_at=record.requested_at,
-            )
-            for i, node_id in enumerate(node_ids)
-        ]
         self._track(record, invocations)
-        logger.info("command accepted command_id=%s targets=%d", record.id, len(node_ids))
+        logger.info("command accepted command_id=%s targets=%d", record.id, len(invocations))
         self.wake()
 
     def invocation(self, node_id: str, command_id: str) -> InvocationState | None:
@@ -343,6 +327,15 @@ class Dispatcher:
             timeout_seconds=rendered.timeout_override,
         )
         if self._bus.is_connected(inv.node_id) and await self._bus.publish(inv.node_id, invoke):
+            if self._audit is not None:
+                self._audit.event(
+                    "command:Dispatch",
+                    [f"command:{inv.command_id}", f"node:{inv.node_id}"],
+                    details={
+                        "document": state.record.document_name,
+                        "requested_by": state.record.requested_by,
+                    },
+                )
             inv.sent_at = now
             change = InvocationChange(inv.command_id, inv.node_id, sent_at=now)
             self._set(state, inv, Detail.IN_PROGRESS, now, change)

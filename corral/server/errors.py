@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,13 +11,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from corral.errors import (
+    AccessDeniedError,
     AuthError,
     ConflictError,
     CorralError,
     NotFoundError,
+    RateLimitedError,
     UnavailableError,
     ValidationError,
 )
+from corral.server.auditing import request_audit
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ _STATUS: tuple[tuple[type[CorralError], int, str], ...] = (
     (ValidationError, 400, "ValidationError"),
     (NotFoundError, 404, "NotFoundError"),
     (ConflictError, 409, "ConflictError"),
+    (AccessDeniedError, 403, "AccessDeniedError"),
+    (RateLimitedError, 429, "RateLimitedError"),
     (AuthError, 401, "AuthError"),
     (UnavailableError, 503, "UnavailableError"),
 )
@@ -34,7 +40,13 @@ def error_body(kind: str, message: str, field: str | None = None) -> dict[str, o
     return {"error": {"type": kind, "message": message, "field": field}}
 
 
-def _respond(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
+def _respond(
+    status: int, kind: str, message: str, field: str | None = None, request: Request | None = None
+) -> JSONResponse:
+    if request is not None:
+        audit = request_audit(request)
+        if audit is not None:
+            audit.error = f"{kind}: {message}"[:2000]
     return JSONResponse(error_body(kind, message, field), status_code=status)
 
 
@@ -52,48 +64,52 @@ def field_path(location: tuple[object, ...] | list[object]) -> str | None:
     return path or None
 
 
-async def _corral_error(_request: Request, error: Exception) -> JSONResponse:
+async def _corral_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, CorralError)
     for cls, status, kind in _STATUS:
         if isinstance(error, cls):
             field = error.field if isinstance(error, ValidationError) else None
-            return _respond(status, kind, error.message, field)
+            response = _respond(status, kind, error.message, field, request)
+            if isinstance(error, RateLimitedError):
+                response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+            return response
     logger.error("unmapped error type=%s", type(error).__name__)
-    return _respond(500, "InternalError", "internal server error")
+    return _respond(500, "InternalError", "internal server error", request=request)
 
 
-async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     errors = error.errors()
     if not errors:
-        return _respond(400, "ValidationError", "invalid request")
+        return _respond(400, "ValidationError", "invalid request", request=request)
     first = errors[0]
     field = field_path(tuple(first.get("loc", ())))
     kind = str(first.get("type", ""))
     if kind == "json_invalid":
-        return _respond(400, "ValidationError", "request body is not valid JSON")
+        return _respond(400, "ValidationError", "request body is not valid JSON", request=request)
     message = str(first.get("msg", "invalid value"))
-    return _respond(400, "ValidationError", f"{field}: {message}" if field else message, field)
+    text = f"{field}: {message}" if field else message
+    return _respond(400, "ValidationError", text, field, request)
 
 
-async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     if error.status_code == 404:
-        return _respond(404, "NotFoundError", "no such route")
+        return _respond(404, "NotFoundError", "no such route", request=request)
     if error.status_code == 405:
-        return _respond(405, "ValidationError", "method not allowed")
+        return _respond(405, "ValidationError", "method not allowed", request=request)
     if error.status_code in (401, 403):
-        return _respond(error.status_code, "AuthError", "access denied")
+        return _respond(error.status_code, "AuthError", "access denied", request=request)
     if 400 <= error.status_code < 500:
-        return _respond(error.status_code, "ValidationError", "invalid request")
-    return _respond(500, "InternalError", "internal server error")
+        return _respond(error.status_code, "ValidationError", "invalid request", request=request)
+    return _respond(500, "InternalError", "internal server error", request=request)
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     logger.error(
         "unexpected error path=%s error=%s", request.url.path, type(error).__name__, exc_info=error
     )
-    return _respond(500, "InternalError", "internal server error")
+    return _respond(500, "InternalError", "internal server error", request=request)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from corral.audit.log import AuditLog
 from corral.blobs import BlobGapError, BlobStore, output_key
 from corral.bus import NodeBus
 from corral.errors import CorralError, ProtocolError
@@ -83,8 +84,10 @@ class Gateway:
         bus: NodeBus,
         dispatcher: Dispatcher,
         writer: ChangeWriter,
+        audit: AuditLog | None = None,
     ) -> None:
         self._config = config
+        self.audit = audit
         self._store = store
         self._blobs = blobs
         self._bus = bus
@@ -260,6 +263,7 @@ class _Connection:
         except ProtocolError as error:
             if error.code == "bad_message" and channel.state.value == "await_auth":
                 error = ProtocolError("first message must be auth", "auth_required")
+            self._event("node:Connect", "denied", error=f"{error.code}: {error.message}")
             await self._refuse(error)
             return
         assert isinstance(auth, Auth)
@@ -290,7 +294,31 @@ class _Connection:
             )
         )
         logger.info("agent connected node_id=%s agent_version=%s", node_id, auth.info.agent_version)
+        self._event("node:Connect", "allowed", details={"agent_version": auth.info.agent_version})
         await self.g._dispatcher.node_connected(node_id, auth.info.platform_type)
+
+    def _event(
+        self,
+        action: str,
+        outcome: str,
+        resources: list[str] | None = None,
+        error: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        """An audit record for something this node's connection did."""
+        if self.g.audit is None:
+            return
+        node = f"node:{self.node_id}" if self.node_id else "anonymous"
+        client = self.ws.client
+        self.g.audit.event(
+            action,
+            [node, *(resources or [])] if self.node_id else list(resources or []),
+            principal=node,
+            outcome=outcome,
+            error=error,
+            details=details,
+            source=client.host if client else None,
+        )
 
     async def _disconnected(self) -> None:
         if self.node_id is None:
@@ -303,6 +331,7 @@ class _Connection:
             with contextlib.suppress(CorralError):
                 await self.g._store.mark_nodes_lost([self.node_id])
         logger.info("agent disconnected node_id=%s", self.node_id)
+        self._event("node:Disconnect", "allowed", details={"replaced": replaced})
 
     async def _handle(self, message: Message) -> None:
         node_id = self.node_id
@@ -337,6 +366,12 @@ class _Connection:
                 what,
                 node_id,
                 command_id[:64],
+            )
+            self._event(
+                "node:Report",
+                "denied",
+                resources=[f"command:{command_id[:64]}"],
+                error=f"{what} for an invocation that is not this node's",
             )
             await self._deliver(ErrorMessage("not_found", "no such invocation for this node"))
             return False

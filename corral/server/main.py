@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
 from corral.server.app import create_app
 from corral.server.config import ServerConfig
+from corral.server.tls import ServerTls, prepare_server_tls
 from corral.server.wsprotocol import AgentWebSocketProtocol
 
+logger = logging.getLogger(__name__)
+
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+# TLS 1.2 suites with forward secrecy and AEAD (TLS 1.3 suites are not affected by this).
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def uvicorn_config(config: ServerConfig) -> uvicorn.Config:
-    """The uvicorn settings for `config` (frames above the agent limit are refused by us)."""
+    """The uvicorn settings for `config` (frames above the agent limit are refused by us).
+
+    Prepares the TLS material first (ValidationError when it is unusable).
+    """
+    tls = prepare_server_tls(config)
+    _log_listening(config, tls)
+    ssl_options: dict[str, Any] = {}
+    if tls is not None:
+        ssl_options = {
+            "ssl_certfile": str(tls.cert_file),
+            "ssl_keyfile": str(tls.key_file),
+            "ssl_ciphers": TLS_CIPHERS,
+        }
     return uvicorn.Config(
-        create_app(config),
+        create_app(config, tls),
         host=config.host,
         port=config.port,
         log_config=None,
@@ -29,6 +47,22 @@ def uvicorn_config(config: ServerConfig) -> uvicorn.Config:
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(max(1, config.shutdown_grace_seconds)),
         access_log=False,
+        **ssl_options,
+    )
+
+
+def _log_listening(config: ServerConfig, tls: ServerTls | None) -> None:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    if tls is None:
+        logger.info("serving url=http://%s:%d tls=off", host, config.port)
+        return
+    logger.info(
+        "serving url=https://%s:%d tls=%s cert=%s ca_fingerprint=%s",
+        host,
+        config.port,
+        tls.source,
+        tls.cert_file,
+        tls.ca_fingerprint,
     )
 
 

@@ -1,8 +1,15 @@
 """The database: SQLAlchemy models, the `Store` repository and locked migrations."""
 
+from corral.store.audit import AuditQuery
+from corral.store.base import hash_secret
 from corral.store.engine import create_engine, migrate, normalize_url, sqlite_url
+from corral.store.identity import TOKEN_PREFIX
 from corral.store.records import (
+    AccessRequestRecord,
     ActivationRecord,
+    AuditEntry,
+    AuditRecordRow,
+    CheckpointRecord,
     CommandChange,
     CommandRecord,
     DocumentMeta,
@@ -11,13 +18,21 @@ from corral.store.records import (
     InvocationRecord,
     NewCommand,
     NodeRecord,
+    RoleRecord,
     TokenRecord,
+    UserRecord,
+    initial_invocations,
 )
-from corral.store.repository import TOKEN_PREFIX, Store, hash_secret, new_node_id
+from corral.store.repository import Store, new_node_id
 
 __all__ = [
     "TOKEN_PREFIX",
+    "AccessRequestRecord",
     "ActivationRecord",
+    "AuditEntry",
+    "AuditQuery",
+    "AuditRecordRow",
+    "CheckpointRecord",
     "CommandChange",
     "CommandRecord",
     "DocumentMeta",
@@ -26,10 +41,13 @@ __all__ = [
     "InvocationRecord",
     "NewCommand",
     "NodeRecord",
+    "RoleRecord",
     "Store",
     "TokenRecord",
+    "UserRecord",
     "create_engine",
     "hash_secret",
+    "initial_invocations",
     "migrate",
     "new_node_id",
     "normalize_url",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,6 +24,83 @@ class ApiToken(Base):
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The user the token acts for (None only for tokens from before users existed).
+    user_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class User(Base):
+    """A person or an automation; acts through its API tokens."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Role(Base):
+    """A named policy."""
+
+    __tablename__ = "roles"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AccessRequest(Base):
+    """A just-in-time access request; once approved, a grant until it expires."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (Index("ix_access_requests_requester_status", "requester", "status"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(64))
+    targets: Mapped[list[str]] = mapped_column(JSON)
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+
+
+class AuditRecord(Base):
+    """One audit record, chained to the previous one by a keyed hash."""
+
+    __tablename__ = "audit_records"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(96), index=True)
+    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    resources: Mapped[list[str]] = mapped_column(JSON)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(8), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed (record count, head hash) pair; the trusted copy is also written to a file."""
+
+    __tablename__ = "audit_checkpoints"
+    count: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    time_us: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(String(128))
 
 
 class Activation(Base):
@@ -109,6 +186,8 @@ class Command(Base):
     status_details: Mapped[str] = mapped_column(String(32))
     cancelling: Mapped[bool] = mapped_column(Boolean, default=False)
     target_count: Mapped[int] = mapped_column(Integer)
+    # Who sent it ("user:alice"); empty for commands from before principals were recorded.
+    requested_by: Mapped[str] = mapped_column(String(96), default="")
 
 
 class Invocation(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 JsonValue = object
 
@@ -18,6 +18,98 @@ class TokenRecord:
     last_used_at: float | None
     expires_at: float | None
     revoked: bool
+    user_id: str | None = None
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user: a name, roles, and whether it is disabled."""
+
+    id: str
+    name: str
+    roles: list[str]
+    disabled: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRecord:
+    """A named policy (the policy as stored: a validated JSON object)."""
+
+    name: str
+    description: str
+    policy: dict[str, object]
+    builtin: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequestRecord:
+    """A just-in-time access request and, once approved, its grant."""
+
+    id: str
+    requester: str
+    role: str
+    targets: list[str]
+    duration_seconds: int
+    reason: str
+    status: str  # pending, approved, denied, revoked (expiry is derived from expires_at)
+    created_at: float
+    decided_at: float | None
+    decided_by: str | None
+    comment: str
+    expires_at: float | None
+    revoked_at: float | None
+    revoked_by: str | None
+
+    def active(self, now: float) -> bool:
+        """Whether this is an approved grant that has not expired or been revoked."""
+        return self.status == "approved" and self.expires_at is not None and now < self.expires_at
+
+    def effective_status(self, now: float) -> str:
+        """The status a user sees: an approved grant past its expiry is `expired`."""
+        if self.status == "approved" and not self.active(now):
+            return "expired"
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What happened, before it is numbered and chained."""
+
+    time_us: int
+    request_id: str
+    principal: str
+    action: str
+    outcome: str  # allowed, denied, failed
+    resources: list[str] = field(default_factory=list)
+    token_id: str | None = None
+    source: str | None = None
+    error: str | None = None
+    grant_id: str | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecordRow:
+    """A stored audit record: the entry, its position in the chain and its keyed hash."""
+
+    seq: int
+    entry: AuditEntry
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A signed statement that the chain held `count` records ending in `head_hash`."""
+
+    count: int
+    head_hash: str
+    time_us: int
+    signature: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +189,7 @@ class NewCommand:
     timeout_seconds: int | None
     delivery_timeout_seconds: int
     requested_at: float
+    requested_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +212,7 @@ class CommandRecord:
     status_details: str
     cancelling: bool
     target_count: int
+    requested_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +236,41 @@ class InvocationRecord:
     steps: list[dict[str, JsonValue]]
     message: str
     updated_at: float = 0.0
+
+
+def initial_invocations(
+    command_id: str,
+    node_ids: list[str],
+    requested_at: float,
+    denied: dict[str, str] | None = None,
+) -> list[InvocationRecord]:
+    """A new command's invocations: Pending, or Failed/AccessDenied (with the reason)."""
+    denied = denied or {}
+    out = []
+    for seq, node_id in enumerate(node_ids):
+        reason = denied.get(node_id)
+        out.append(
+            InvocationRecord(
+                command_id=command_id,
+                node_id=node_id,
+                seq=seq,
+                status="Pending" if reason is None else "Failed",
+                status_details="Pending" if reason is None else "AccessDenied",
+                response_code=None,
+                stdout_head="",
+                stderr_head="",
+                stdout_bytes=0,
+                stderr_bytes=0,
+                requested_at=requested_at,
+                sent_at=None,
+                started_at=None,
+                ended_at=None if reason is None else requested_at,
+                steps=[],
+                message="" if reason is None else reason,
+                updated_at=requested_at,
+            )
+        )
+    return out
 
 
 @dataclass(slots=True)

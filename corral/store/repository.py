@@ -9,18 +9,19 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from corral.errors import ConflictError, NotFoundError, ValidationError
 from corral.protocol import NodeInfo
 from corral.protocol.invocation import FINAL
 from corral.store import models as m
+from corral.store.audit import AuditRepository
+from corral.store.base import hash_secret
 from corral.store.engine import create_engine, migrate, translate_errors
+from corral.store.identity import IdentityRepository
 from corral.store.records import (
     ActivationRecord,
     CommandChange,
@@ -31,18 +32,12 @@ from corral.store.records import (
     InvocationRecord,
     NewCommand,
     NodeRecord,
-    TokenRecord,
+    initial_invocations,
 )
 
 logger = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "crl_"  # noqa: S105 - a public marker, not a secret
 _FINAL_STATUSES = tuple(str(s) for s in FINAL)
-
-
-def hash_secret(secret: str) -> str:
-    """The sha256 hex digest under which a token or activation code is stored."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 _CODE_ALPHABET = string.ascii_letters + string.digits
@@ -62,12 +57,8 @@ def new_node_id() -> str:
     return "mi-" + secrets.token_hex(9)[:17]
 
 
-class Store:
+class Store(IdentityRepository, AuditRepository):
     """Repository over the Corral database (SQLite or PostgreSQL)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -79,16 +70,6 @@ class Store:
             await engine.dispose()
             raise
         return cls(engine)
-
-    async def close(self) -> None:
-        """Close every pooled connection."""
-        await self.engine.dispose()
-
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncSession]:
-        with translate_errors():
-            async with self._sessions() as session, session.begin():
-                yield session
 
     # --- settings ---------------------------------------------------------
 
@@ -115,59 +96,6 @@ class Store:
         except ConflictError:
             return False
         return True
-
-    # --- API tokens -------------------------------------------------------
-
-    async def create_token(
-        self, description: str, expires_at: float | None = None
-    ) -> tuple[str, TokenRecord]:
-        """Create a token; returns the secret (shown once) and its record."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = m.ApiToken(
-            id=str(uuid.uuid4()),
-            token_hash=hash_secret(token),
-            prefix=token[:8],
-            description=description,
-            created_at=time.time(),
-            last_used_at=None,
-            expires_at=expires_at,
-            revoked=False,
-        )
-        async with self._tx() as s:
-            s.add(row)
-        return token, _token(row)
-
-    async def authenticate_token(self, token: str, now: float | None = None) -> TokenRecord:
-        """The record of a valid token; NotFoundError for unknown, revoked or expired ones."""
-        now = time.time() if now is None else now
-        if not token.startswith(TOKEN_PREFIX):
-            raise NotFoundError("unknown token")
-        async with self._tx() as s:
-            row = (
-                await s.execute(
-                    select(m.ApiToken).where(m.ApiToken.token_hash == hash_secret(token))
-                )
-            ).scalar_one_or_none()
-            if row is None or row.revoked or (row.expires_at is not None and row.expires_at <= now):
-                raise NotFoundError("unknown token")
-            # Record use at most once a minute so authenticated reads stay reads.
-            if row.last_used_at is None or now - row.last_used_at > 60:
-                row.last_used_at = now
-            return _token(row)
-
-    async def revoke_token(self, token_id: str) -> None:
-        """Revoke a token by id."""
-        async with self._tx() as s:
-            row = await s.get(m.ApiToken, token_id)
-            if row is None:
-                raise NotFoundError(f"token {token_id} does not exist")
-            row.revoked = True
-
-    async def list_tokens(self) -> list[TokenRecord]:
-        """Every token's metadata."""
-        async with self._tx() as s:
-            rows = (await s.execute(select(m.ApiToken).order_by(m.ApiToken.created_at))).scalars()
-            return [_token(r) for r in rows]
 
     # --- activations ------------------------------------------------------
 
@@ -465,8 +393,14 @@ class Store:
 
     # --- commands and invocations -----------------------------------------
 
-    async def create_command(self, new: NewCommand, node_ids: Sequence[str]) -> CommandRecord:
-        """Store a command and one Pending invocation per node, in one transaction."""
+    async def create_command(
+        self, new: NewCommand, node_ids: Sequence[str], denied: Mapping[str, str] | None = None
+    ) -> CommandRecord:
+        """Store a command and its invocations in one transaction.
+
+        Each node gets a Pending invocation, except the nodes in `denied` (node id ->
+        reason), whose invocations are stored already Failed with detail AccessDenied.
+        """
         row = m.Command(
             id=new.id,
             document_name=new.document_name,
@@ -484,8 +418,10 @@ class Store:
             status_details="Pending",
             cancelling=False,
             target_count=len(node_ids),
+            requested_by=new.requested_by,
         )
         inv = _table(m.Invocation)
+        records = initial_invocations(new.id, list(node_ids), new.requested_at, dict(denied or {}))
         async with self._tx() as s:
             s.add(row)
             await s.flush()
@@ -493,22 +429,23 @@ class Store:
                 inv.insert(),
                 [
                     {
-                        "command_id": new.id,
-                        "node_id": node_id,
-                        "seq": i,
-                        "status": "Pending",
-                        "status_details": "Pending",
+                        "command_id": r.command_id,
+                        "node_id": r.node_id,
+                        "seq": r.seq,
+                        "status": r.status,
+                        "status_details": r.status_details,
                         "response_code": None,
                         "stdout_head": "",
                         "stderr_head": "",
                         "stdout_bytes": 0,
                         "stderr_bytes": 0,
-                        "requested_at": new.requested_at,
-                        "updated_at": new.requested_at,
+                        "requested_at": r.requested_at,
+                        "ended_at": r.ended_at,
+                        "updated_at": r.updated_at,
                         "steps": [],
-                        "message": "",
+                        "message": r.message,
                     }
-                    for i, node_id in enumerate(node_ids)
+                    for r in records
                 ],
             )
             return _command(row)
@@ -683,12 +620,6 @@ def _doc_row(
     )
 
 
-def _token(r: m.ApiToken) -> TokenRecord:
-    return TokenRecord(
-        r.id, r.prefix, r.description, r.created_at, r.last_used_at, r.expires_at, r.revoked
-    )
-
-
 def _activation(r: m.Activation) -> ActivationRecord:
     return ActivationRecord(
         r.id,
@@ -756,6 +687,7 @@ def _command(r: m.Command) -> CommandRecord:
         status_details=r.status_details,
         cancelling=r.cancelling,
         target_count=r.target_count,
+        requested_by=r.requested_by,
     )
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,11 +64,21 @@ def stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout: flo
         process.wait()
 
 
+def _unverified() -> ssl.SSLContext:
+    """A TLS context that accepts any certificate: only for polling /healthz."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def base_env() -> dict[str, str]:
     """The environment every child process gets: no proxies, no user config."""
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     env.pop("CORRAL_SERVER", None)
     env.pop("CORRAL_TOKEN", None)
+    env.pop("CORRAL_CA_FILE", None)
+    env.pop("CORRAL_AGENT_CA_FILE", None)
     env["CORRAL_CONFIG"] = "/nonexistent/corral-config.toml"
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -96,11 +107,20 @@ class Server:
     extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Serve HTTPS/WSS (`--tls on`); the CLI then trusts `ca_file`.
+    tls: bool = False
+    # The CA the CLI trusts; None: the CA the server generated in its data directory.
+    tls_ca_file: Path | None = None
 
     @property
     def url(self) -> str:
         """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate that verifies this server."""
+        return self.tls_ca_file or self.data_dir / "tls" / "ca.crt"
 
     @property
     def token(self) -> str:
@@ -112,7 +132,7 @@ class Server:
         args = [
             PYTHON, "-m", "corral", "server", "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}", "--heartbeat", "0.5",
-            *self.extra_args,
+            *(["--tls", "on"] if self.tls else []), *self.extra_args,
         ]  # fmt: skip
         if self.database_url:
             args += ["--database-url", self.database_url]
@@ -128,7 +148,9 @@ class Server:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+            with urllib.request.urlopen(
+                self.url + "/healthz", timeout=1, context=_unverified() if self.tls else None
+            ) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
@@ -149,6 +171,8 @@ class Server:
         child_env.update(
             CORRAL_SERVER=self.url, CORRAL_TOKEN=self.token, CORRAL_POLL_INTERVAL="0.1"
         )
+        if self.tls:
+            child_env["CORRAL_CA_FILE"] = str(self.ca_file)
         child_env.update(env or {})
         done = subprocess.run(
             [PYTHON, "-m", "corral", *args],
@@ -180,13 +204,21 @@ class Agent:
     node_id: str = ""
     process: subprocess.Popen[bytes] | None = None
 
-    def register(self, activation_id: str, code: str, tags: Sequence[str] = ()) -> str:
+    def register(
+        self,
+        activation_id: str,
+        code: str,
+        tags: Sequence[str] = (),
+        ca_fingerprint: str | None = None,
+    ) -> str:
         """`corral agent register` with the given activation; returns the node id."""
         args = [
             PYTHON, "-m", "corral", "agent", "register", "--server", self.server.url,
             "--activation-id", activation_id, "--activation-code", code,
             "--state-dir", str(self.state_dir), "-o", "json",
         ]  # fmt: skip
+        if ca_fingerprint:
+            args += ["--ca-fingerprint", ca_fingerprint]
         for tag in tags:
             args += ["--tag", tag]
         done = subprocess.run(args, capture_output=True, text=True, env=base_env(), check=False)
@@ -221,9 +253,11 @@ class Agent:
 class Fleet:
     """A server and some agents, created and torn down together."""
 
-    def __init__(self, root: Path, database_url: str | None = None) -> None:
+    def __init__(self, root: Path, database_url: str | None = None, tls: bool = False) -> None:
         self.root = root
-        self.server = Server(root / "server", root / "server.log", database_url=database_url)
+        self.server = Server(
+            root / "server", root / "server.log", database_url=database_url, tls=tls
+        )
         self.agents: list[Agent] = []
 
     def start_server(self) -> Server:
@@ -242,7 +276,12 @@ class Fleet:
             agent = Agent(
                 self.server, self.root / f"agent-{index}", self.root / f"agent-{index}.log"
             )
-            agent.register(activation["activation_id"], activation["activation_code"], tags)
+            agent.register(
+                activation["activation_id"],
+                activation["activation_code"],
+                tags,
+                activation.get("ca_fingerprint"),
+            )
             self.agents.append(agent)
             added.append(agent)
             if start:

@@ -25,21 +25,6 @@ META = DocumentMeta("2.2", "Command", "demo", {"message": {"type": "String"}})
 INFO = NodeInfo("web-1", "Linux", "debian", "12", "6.1.0", "x86_64", ["10.0.0.5"], "0.1.0")
 
 
-async def test_tokens_are_stored_hashed_and_can_expire_or_be_revoked(store: Store) -> None:
-    token, record = await store.create_token("ci")
-    assert token.startswith("crl_")
-    assert (await store.authenticate_token(token)).id == record.id
-    assert await store.count_rows("api_tokens") == 1
-    expiring, _ = await store.create_token("short", expires_at=time.time() - 1)
-    for bad in (expiring, "crl_nope", "not-a-token"):
-        with pytest.raises(NotFoundError):
-            await store.authenticate_token(bad)
-    await store.revoke_token(record.id)
-    with pytest.raises(NotFoundError):
-        await store.authenticate_token(token)
-    assert token not in repr(await store.list_tokens())
-
-
 async def test_activation_code_is_only_stored_as_a_hash(store: Store) -> None:
     code, activation = await store.create_activation("lab", {"env": "dev"}, 2, time.time() + 60)
     async with store.engine.connect() as conn:

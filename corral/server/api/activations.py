@@ -44,17 +44,23 @@ def activation_json(record: ActivationRecord, now: float) -> dict[str, object]:
     }
 
 
-@router.post("", status_code=201, dependencies=[Depends(authorize("activation:Create"))])
+@router.post(
+    "", status_code=201, dependencies=[Depends(authorize("activation:Create", "activation:*"))]
+)
 async def create_activation(context: Ctx, body: ActivationCreate) -> dict[str, object]:
-    """Create an activation; the code is in this response only."""
+    """Create an activation; the code is in this response only.
+
+    `ca_fingerprint` is what agents pin (`agent register --ca-fingerprint`); null without TLS.
+    """
     now = time.time()
     code, record = await context.store.create_activation(
         body.description, body.tags, body.registration_limit, now + body.expires_seconds
     )
-    return {"activation_code": code, **activation_json(record, now)}
+    fingerprint = context.tls.ca_fingerprint if context.tls is not None else None
+    return {"activation_code": code, **activation_json(record, now), "ca_fingerprint": fingerprint}
 
 
-@router.get("", dependencies=[Depends(authorize("activation:List"))])
+@router.get("", dependencies=[Depends(authorize("activation:List", "activation:*"))])
 async def list_activations(context: Ctx) -> list[dict[str, object]]:
     """Every activation that was not deleted."""
     now = time.time()
@@ -62,7 +68,9 @@ async def list_activations(context: Ctx) -> list[dict[str, object]]:
 
 
 @router.delete(
-    "/{activation_id}", status_code=204, dependencies=[Depends(authorize("activation:Delete"))]
+    "/{activation_id}",
+    status_code=204,
+    dependencies=[Depends(authorize("activation:Delete", "activation:{activation_id}"))],
 )
 async def delete_activation(context: Ctx, activation_id: str) -> Response:
     """Delete an activation; its code stops working."""

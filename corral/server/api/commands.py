@@ -5,23 +5,25 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from corral.blobs import output_key
 from corral.documents import MAX_TIMEOUT_SECONDS, parse_document, render_command, resolve_parameters
-from corral.errors import ValidationError
+from corral.errors import AccessDeniedError, ValidationError
+from corral.identity import NodeContext
 from corral.protocol import counts_as_error, is_final
 from corral.protocol.invocation import Detail
 from corral.server.api.common import RequestModel, iso
 from corral.server.api.documents import parse_version
 from corral.server.api.nodes import resolve_targets
-from corral.server.auth import authorize
+from corral.server.auth import Caller, authorize, node_context
 from corral.server.config import ServerConfig
 from corral.server.context import Ctx, ServerContext
 from corral.server.ratecontrol import validate_limit
-from corral.store import CommandRecord, InvocationRecord, NewCommand
+from corral.store import CommandRecord, InvocationRecord, NewCommand, initial_invocations
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +124,38 @@ def command_json(record: CommandRecord, counts: dict[tuple[str, str], int]) -> d
     }
 
 
-async def full_command_json(context: ServerContext, command_id: str) -> dict[str, object]:
-    """A command with its invocations."""
+async def _node_contexts(context: ServerContext) -> dict[str, NodeContext]:
+    return {n.id: node_context(n) for n in await context.store.list_nodes()}
+
+
+def _visible(
+    caller: Caller,
+    action: str,
+    record: CommandRecord,
+    node_ids: list[str],
+    nodes: dict[str, NodeContext],
+) -> set[str] | None:
+    """The nodes whose invocations the caller may see (None: all of them)."""
+    resource = f"command:{record.id}"
+    if caller.decide(action, resource).allowed or record.requested_by == caller.principal.label:
+        return None
+    return {n for n in node_ids if caller.decide(action, resource, nodes.get(n)).allowed}
+
+
+async def full_command_json(
+    context: ServerContext, command_id: str, caller: Caller | None = None
+) -> dict[str, object]:
+    """A command with its invocations (those the caller may read)."""
     record = await context.store.get_command(command_id)
     invocations = await context.store.list_invocations(command_id)
+    if caller is not None:
+        nodes = await _node_contexts(context)
+        visible = _visible(caller, "command:Read", record, [i.node_id for i in invocations], nodes)
+        if visible is not None and not visible:
+            caller.require("command:Read", f"command:{command_id}")
+        caller.check("command:Read", f"command:{command_id}")
+        if visible is not None:
+            invocations = [i for i in invocations if i.node_id in visible]
     counts: dict[tuple[str, str], int] = {}
     for inv in invocations:
         key = (inv.status, inv.status_details)
@@ -135,9 +165,18 @@ async def full_command_json(context: ServerContext, command_id: str) -> dict[str
     return body
 
 
-@router.post("", status_code=201, dependencies=[Depends(authorize("command:Send"))])
-async def send_command(context: Ctx, body: CommandSend) -> dict[str, object]:
-    """Validate a command, store it with one Pending invocation per target, dispatch it."""
+@router.post("", status_code=201)
+async def send_command(
+    context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("command:Send"))],
+    body: CommandSend,
+) -> dict[str, object]:
+    """Validate a command, store it with one invocation per target, dispatch it.
+
+    Every target is checked: `command:Send` on the document and on the node, with the
+    node's tags. Nodes the caller may not touch get Failed/AccessDenied and are never
+    contacted; when no target may be touched, nothing is stored (HTTP 403).
+    """
     number, latest = parse_version(body.document_version, "document_version")
     document = await context.store.get_document(body.document_name, version=number, latest=latest)
     doc = parse_document(document.content, document.format)
@@ -148,6 +187,20 @@ async def send_command(context: Ctx, body: CommandSend) -> dict[str, object]:
     nodes = await resolve_targets(context, body.targets)
     if not nodes:
         raise ValidationError("the targets match no registered node", field="targets")
+    doc_resource = f"document:{document.name}"
+    denied: dict[str, str] = {}
+    for node in nodes:
+        ctx = node_context(node)
+        allowed = caller.check("command:Send", doc_resource, ctx) and caller.check(
+            "command:Send", f"node:{node.id}", ctx
+        )
+        if not allowed:
+            denied[node.id] = f"{caller.principal.label} may not send {document.name} to this node"
+    if len(denied) == len(nodes):
+        raise AccessDeniedError(
+            f"{caller.principal.label} may not send {document.name} to any of the "
+            f"{len(nodes)} target node(s)"
+        )
     new = NewCommand(
         id=str(uuid.uuid4()),
         document_name=document.name,
@@ -160,81 +213,92 @@ async def send_command(context: Ctx, body: CommandSend) -> dict[str, object]:
         timeout_seconds=body.timeout_seconds,
         delivery_timeout_seconds=body.delivery_timeout_seconds,
         requested_at=time.time(),
+        requested_by=caller.principal.label,
     )
     node_ids = [n.id for n in nodes]
-    record = await context.store.create_command(new, node_ids)
-    context.dispatcher.add_command(record, node_ids, {n.id: n.platform_type for n in nodes})
+    record = await context.store.create_command(new, node_ids, denied)
+    invocations = initial_invocations(record.id, node_ids, record.requested_at, denied)
+    context.dispatcher.add_command(record, invocations, {n.id: n.platform_type for n in nodes})
+    caller.check("command:Send", f"command:{record.id}")
+    caller.note(command_id=record.id, access_denied_nodes=len(denied))
     logger.info(
-        "command sent command_id=%s document=%s targets=%d",
+        "command sent command_id=%s document=%s targets=%d access_denied=%d",
         record.id,
         record.document_name,
         len(node_ids),
+        len(denied),
     )
-    invocations = [
-        InvocationRecord(
-            record.id,
-            n,
-            i,
-            "Pending",
-            "Pending",
-            None,
-            "",
-            "",
-            0,
-            0,
-            record.requested_at,
-            None,
-            None,
-            None,
-            [],
-            "",
-            record.requested_at,
+    counts: dict[tuple[str, str], int] = {}
+    for inv in invocations:
+        counts[(inv.status, inv.status_details)] = (
+            counts.get((inv.status, inv.status_details), 0) + 1
         )
-        for i, n in enumerate(node_ids)
-    ]
-    result = command_json(record, {("Pending", "Pending"): len(node_ids)})
+    result = command_json(record, counts)
     result["invocations"] = [invocation_json(i, context.config) for i in invocations]
     return result
 
 
-@router.get("", dependencies=[Depends(authorize("command:List"))])
+@router.get("")
 async def list_commands(
     context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("command:List"))],
     limit: int = Query(default=50, ge=1, le=1000),
     status: str | None = Query(default=None, max_length=16),
 ) -> list[dict[str, object]]:
-    """Newest commands first, without invocations."""
-    records = await context.store.list_commands(limit, status)
+    """Newest commands first, without invocations: those the caller may list or sent."""
+    records = [
+        r
+        for r in await context.store.list_commands(limit, status)
+        if r.requested_by == caller.principal.label
+        or caller.decide("command:List", f"command:{r.id}").allowed
+    ]
     counts = await context.store.invocation_counts([r.id for r in records])
     return [command_json(r, counts[r.id]) for r in records]
 
 
-@router.get("/{command_id}", dependencies=[Depends(authorize("command:Read"))])
-async def get_command(context: Ctx, command_id: str) -> dict[str, object]:
-    """One command with its invocations."""
-    return await full_command_json(context, command_id)
-
-
-@router.post("/{command_id}/cancel", dependencies=[Depends(authorize("command:Cancel"))])
-async def cancel_command(
-    context: Ctx, command_id: str, body: CancelRequest | None = None
+@router.get("/{command_id}")
+async def get_command(
+    context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("command:Read"))],
+    command_id: str,
 ) -> dict[str, object]:
-    """Cancel a command, or one node's invocation of it."""
+    """One command with the invocations the caller may read."""
+    return await full_command_json(context, command_id, caller)
+
+
+@router.post("/{command_id}/cancel")
+async def cancel_command(
+    context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("command:Cancel"))],
+    command_id: str,
+    body: CancelRequest | None = None,
+) -> dict[str, object]:
+    """Cancel a command (the caller must be allowed on every unfinished node), or one node's."""
     node_id = body.node_id if body is not None else None
-    await context.store.get_command(command_id)
+    record = await context.store.get_command(command_id)
+    nodes = await _node_contexts(context)
+    resource = f"command:{command_id}"
     if node_id is not None:
         await context.store.get_invocation(command_id, node_id)
+        caller.require("command:Cancel", resource, nodes.get(node_id))
+    elif not caller.decide("command:Cancel", resource).allowed and (
+        record.requested_by != caller.principal.label
+    ):
+        for inv in await context.store.list_invocations(command_id):
+            if not is_final(inv.status):
+                caller.require("command:Cancel", resource, nodes.get(inv.node_id))
+    caller.check("command:Cancel", resource)
     await context.dispatcher.cancel(command_id, node_id)
     await context.writer.commit()
-    return await full_command_json(context, command_id)
+    return await full_command_json(context, command_id, caller)
 
 
 @router.get(
     "/{command_id}/invocations/{node_id}/output",
-    dependencies=[Depends(authorize("command:Read"))],
 )
 async def get_output(
     context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("command:Read"))],
     command_id: str,
     node_id: str,
     stream: str = Query(default="stdout", pattern="^(stdout|stderr)$"),
@@ -242,7 +306,12 @@ async def get_output(
     limit: int = Query(default=1024 * 1024, ge=1, le=MAX_OUTPUT_PAGE),
 ) -> dict[str, object]:
     """A page of an invocation's raw output stream."""
+    record = await context.store.get_command(command_id)
     inv = await context.store.get_invocation(command_id, node_id)
+    if record.requested_by != caller.principal.label:
+        node = await context.store.get_node(node_id, include_deregistered=True)
+        caller.require("command:Read", f"command:{command_id}", node_context(node))
+    caller.check("command:Read", f"node:{node_id}")
     key = output_key(command_id, node_id, stream)
     data = await context.blobs.read(key, offset, limit)
     size = await context.blobs.size(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
@@ -16,13 +17,14 @@ from corral.documents import (
 )
 from corral.errors import NotFoundError, ValidationError
 from corral.server.api.common import RequestModel, iso
-from corral.server.auth import authorize
+from corral.server.auth import Caller, authorize
 from corral.server.context import Ctx
 from corral.store import DocumentMeta, DocumentRecord, Store
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/documents", tags=["documents"])
+DOCUMENT = "document:{name}"
 
 BUILTIN_OWNER = "Corral"
 
@@ -117,9 +119,14 @@ async def seed_builtins(store: Store) -> None:
             await store.set_default_version(name, record.version)
 
 
-@router.post("", status_code=201, dependencies=[Depends(authorize("document:Create"))])
-async def create_document(context: Ctx, body: DocumentCreate) -> dict[str, object]:
+@router.post("", status_code=201)
+async def create_document(
+    context: Ctx,
+    caller: Annotated[Caller, Depends(authorize("document:Create"))],
+    body: DocumentCreate,
+) -> dict[str, object]:
     """Validate and store version 1 of a document."""
+    caller.require("document:Create", f"document:{body.name[:128]}")
     validate_document_name(body.name)
     _editable(body.name)
     doc = parse_document(body.content, body.format)
@@ -129,7 +136,7 @@ async def create_document(context: Ctx, body: DocumentCreate) -> dict[str, objec
     return document_json(record, content=True)
 
 
-@router.put("/{name}", dependencies=[Depends(authorize("document:Update"))])
+@router.put("/{name}", dependencies=[Depends(authorize("document:Update", DOCUMENT))])
 async def update_document(context: Ctx, name: str, body: DocumentUpdate) -> dict[str, object]:
     """Store a new version."""
     _editable(name)
@@ -140,13 +147,19 @@ async def update_document(context: Ctx, name: str, body: DocumentUpdate) -> dict
     return document_json(record, content=True)
 
 
-@router.get("", dependencies=[Depends(authorize("document:List"))])
-async def list_documents(context: Ctx) -> list[dict[str, object]]:
-    """Every document at its default version."""
-    return [document_json(r, content=False) for r in await context.store.list_documents()]
+@router.get("")
+async def list_documents(
+    context: Ctx, caller: Annotated[Caller, Depends(authorize("document:List"))]
+) -> list[dict[str, object]]:
+    """Every document the caller may list, at its default version."""
+    return [
+        document_json(r, content=False)
+        for r in await context.store.list_documents()
+        if caller.decide("document:List", f"document:{r.name}").allowed
+    ]
 
 
-@router.get("/{name}", dependencies=[Depends(authorize("document:Read"))])
+@router.get("/{name}", dependencies=[Depends(authorize("document:Read", DOCUMENT))])
 async def get_document(
     context: Ctx, name: str, version: str | None = Query(default=None)
 ) -> dict[str, object]:
@@ -156,14 +169,18 @@ async def get_document(
     return document_json(record, content=True)
 
 
-@router.put("/{name}/default-version", dependencies=[Depends(authorize("document:Update"))])
+@router.put(
+    "/{name}/default-version", dependencies=[Depends(authorize("document:Update", DOCUMENT))]
+)
 async def set_default_version(context: Ctx, name: str, body: DefaultVersion) -> dict[str, object]:
     """Choose the default version."""
     _editable(name)
     return document_json(await context.store.set_default_version(name, body.version), True)
 
 
-@router.delete("/{name}", status_code=204, dependencies=[Depends(authorize("document:Delete"))])
+@router.delete(
+    "/{name}", status_code=204, dependencies=[Depends(authorize("document:Delete", DOCUMENT))]
+)
 async def delete_document(context: Ctx, name: str) -> Response:
     """Delete every version of a document."""
     _editable(name)
