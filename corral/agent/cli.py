@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_path("CORRAL_AGENT_CA_FILE"),
         help="trust these CA certificates instead of the stored ones (env CORRAL_AGENT_CA_FILE)",
     )
+    who = sub.add_parser("whoami", help="ask the server who this node is (a signed request)")
+    who.add_argument("--state-dir", required=True, type=Path)
+    who.add_argument("-o", "--output", choices=["text", "json"], default="text")
     for name, var in ENV_VARS.items():
         run.add_argument(
             "--" + name.replace("_", "-"),
@@ -121,7 +124,30 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "register":
         return _register(args)
+    if args.command == "whoami":
+        return _whoami(args)
     return _run(args)
+
+
+def _whoami(args: argparse.Namespace) -> int:
+    from corral.agent.api import call
+    from corral.agent.identity import load_identity
+
+    as_json = args.output == "json"
+    try:
+        reply = call(load_identity(args.state_dir), "GET", "/api/v1/whoami")
+    except CorralError as exc:
+        return _fail(exc, as_json)
+    if as_json:
+        print(json.dumps(reply, indent=2))  # noqa: T201 - the command's output
+    else:
+        node = reply.get("node") if isinstance(reply.get("node"), dict) else {}
+        tags = node.get("tags", {}) if isinstance(node, dict) else {}
+        roles = reply.get("roles", [])
+        print(f"principal: {reply.get('principal')}")  # noqa: T201
+        print(f"roles:     {', '.join(str(r) for r in roles) if isinstance(roles, list) else ''}")  # noqa: T201
+        print(f"tags:      {json.dumps(tags)}")  # noqa: T201
+    return 0
 
 
 def _fail(exc: CorralError, as_json: bool) -> int:

@@ -15,13 +15,25 @@ from typing import Annotated
 
 import typer
 
-from corral.cli import activation, commands, documents, nodes, output
+from corral.cli import (
+    access,
+    activation,
+    audit,
+    commands,
+    documents,
+    nodes,
+    output,
+    roles,
+    tokens,
+    users,
+)
 from corral.cli.client import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from corral.cli.login import login
 from corral.cli.run import run
 from corral.cli.server import server
 from corral.cli.state import AppState
 from corral.cli.values import extract_global_options, extract_output_option, parse_duration
+from corral.cli.whoami import whoami
 from corral.errors import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +52,12 @@ app.add_typer(commands.app, name="commands")
 app.command("run")(run)
 app.command("login")(login)
 app.command("server")(server)
+app.add_typer(users.app, name="user")
+app.add_typer(tokens.app, name="token")
+app.add_typer(roles.app, name="role")
+app.command("whoami")(whoami)
+app.add_typer(audit.app, name="audit")
+app.add_typer(access.app, name="access")
 
 
 @app.command(

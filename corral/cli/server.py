@@ -100,6 +100,41 @@ def server(
             "--tls-san", help="Extra DNS name or IP for the generated certificate (repeatable)."
         ),
     ] = None,
+    audit_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-key-file",
+            envvar="CORRAL_AUDIT_KEY_FILE",
+            help="Audit HMAC key file (default DATA_DIR/audit.key; $CORRAL_AUDIT_KEY overrides).",
+        ),
+    ] = None,
+    audit_checkpoint_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-checkpoint-file",
+            help="Append-only file of signed audit checkpoints "
+            "(default DATA_DIR/audit/checkpoints.jsonl).",
+        ),
+    ] = None,
+    audit_checkpoint_interval: Annotated[
+        str | None,
+        typer.Option("--audit-checkpoint-interval", help="How often to sign a checkpoint (5m)."),
+    ] = None,
+    auth_failure_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--auth-failure-limit",
+            min=1,
+            help="Failed authentications from one address before it is locked out (20).",
+        ),
+    ] = None,
+    auth_lockout: Annotated[
+        str | None, typer.Option("--auth-lockout", help="How long a lockout lasts (60s).")
+    ] = None,
+    access_max_duration: Annotated[
+        str | None,
+        typer.Option("--access-max-duration", help="Longest just-in-time grant (24h)."),
+    ] = None,
 ) -> None:
     """Run the Corral server (HTTP API and agent endpoint) until interrupted."""
     if log_level.lower() not in _LOG_LEVELS:
@@ -114,7 +149,23 @@ def server(
         tls_key=tls_key,
         tls_ca=tls_ca,
         tls_san=tuple(tls_san or ()),
+        audit_key_file=audit_key_file,
+        audit_checkpoint_file=audit_checkpoint_file,
     )
+    if audit_checkpoint_interval is not None:
+        seconds = parse_duration(audit_checkpoint_interval, "audit_checkpoint_interval")
+        config = dataclasses.replace(config, audit_checkpoint_seconds=max(1.0, seconds))
+    if auth_failure_limit is not None:
+        config = dataclasses.replace(config, auth_failure_limit=auth_failure_limit)
+    if auth_lockout is not None:
+        config = dataclasses.replace(
+            config, auth_lockout_seconds=parse_duration(auth_lockout, "auth_lockout")
+        )
+    if access_max_duration is not None:
+        config = dataclasses.replace(
+            config,
+            access_max_duration_seconds=parse_duration(access_max_duration, "access_max_duration"),
+        )
     # Imported lazily so the rest of the CLI never loads the web framework.
     server_main = importlib.import_module("corral.server.main")
     result = server_main.run(config)

@@ -331,10 +331,19 @@ class IdentityRepository(RepositoryBase):
             return _access(row)
 
     async def list_access_requests(
-        self, requester: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        requester: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[AccessRequestRecord]:
         """Newest first."""
-        query = select(m.AccessRequest).order_by(m.AccessRequest.created_at.desc()).limit(limit)
+        query = (
+            select(m.AccessRequest)
+            .order_by(m.AccessRequest.created_at.desc(), m.AccessRequest.id)
+            .limit(limit)
+            .offset(offset)
+        )
         if requester is not None:
             query = query.where(m.AccessRequest.requester == requester)
         if status is not None:

@@ -167,18 +167,30 @@ async def list_requests(
     now = time.time()
     stored_status = "approved" if status == "expired" else status
     requester = caller.principal.name if mine and caller.principal.kind == "user" else None
-    records = await context.store.list_access_requests(requester, stored_status, limit)
-    out = []
-    for r in records:
-        if status is not None and r.effective_status(now) != status:
-            continue
-        own = caller.principal.kind == "user" and r.requester == caller.principal.name
-        if (
-            own
-            or caller.decide("access:List", resource_of(r)).allowed
-            or (r.status == "pending" and await _could_approve(context, caller, r))
-        ):
-            out.append(access_json(r, now))
+    out: list[dict[str, object]] = []
+    offset = 0
+    page_size = max(limit, 100)
+    # Filter page by page (visibility and expiry are decided here, not in the query)
+    # until `limit` requests are found or none are left.
+    while len(out) < limit:
+        page = await context.store.list_access_requests(
+            requester, stored_status, page_size, offset
+        )
+        offset += len(page)
+        for r in page:
+            if status is not None and r.effective_status(now) != status:
+                continue
+            own = caller.principal.kind == "user" and r.requester == caller.principal.name
+            if (
+                own
+                or caller.decide("access:List", resource_of(r)).allowed
+                or (r.status == "pending" and await _could_approve(context, caller, r))
+            ):
+                out.append(access_json(r, now))
+                if len(out) == limit:
+                    break
+        if len(page) < page_size:
+            break
     return out
 
 

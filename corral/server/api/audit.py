@@ -102,10 +102,11 @@ async def list_audit(
     """Newest records first; pass `next_before` back as `before` for the next page."""
     query = _query(since, until, principal, action, outcome, grant_id)
     query = dataclasses.replace(query, before_seq=before)
-    rows = await context.store.list_audit(query, limit)
+    rows = await context.store.list_audit(query, limit + 1)  # one more: is there a next page?
+    page = rows[:limit]
     return {
-        "records": [record_json(r) for r in rows],
-        "next_before": rows[-1].seq if len(rows) == limit else None,
+        "records": [record_json(r) for r in page],
+        "next_before": page[-1].seq if len(rows) > limit else None,
     }
 
 

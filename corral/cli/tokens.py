@@ -1,0 +1,119 @@
+"""`corral token`: create, list and revoke API tokens (yours, or another user's)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+
+from corral.cli import output
+from corral.cli.client import CliError
+from corral.cli.state import app_state
+from corral.cli.values import parse_duration
+
+app = typer.Typer(help="Create, list and revoke API tokens.")
+
+_COLUMNS = ["TOKEN ID", "USER", "PREFIX", "STATUS", "EXPIRES", "LAST USED", "DESCRIPTION"]
+
+
+def token_status(token: dict[str, Any]) -> str:
+    """`revoked`, `expired` or `active`."""
+    if token.get("revoked"):
+        return "revoked"
+    if token.get("expired"):
+        return "expired"
+    return "active"
+
+
+def _expires(token: dict[str, Any]) -> str:
+    return "never" if not token.get("expires_at") else output.format_time(token["expires_at"])
+
+
+def _row(token: dict[str, Any]) -> list[str]:
+    return [
+        str(token.get("token_id", "")),
+        output.text_or_dash(token.get("user")),
+        output.text_or_dash(token.get("prefix")),
+        token_status(token),
+        _expires(token),
+        output.format_ago(token.get("last_used_at")),
+        output.text_or_dash(token.get("description")),
+    ]
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Whose token (default: your own user).")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Lifetime: 30d, 24h (default: none).")
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+) -> None:
+    """Create an API token; the token is shown only once."""
+    state = app_state(ctx)
+    body: dict[str, Any] = {}
+    if user is not None:
+        body["user"] = user
+    if expires is not None:
+        body["expires_seconds"] = round(parse_duration(expires, "expires"))
+    if description is not None:
+        body["description"] = description
+    with state.client() as client:
+        created = client.post("/api/v1/tokens", body)
+    if state.json_output:
+        output.emit_json(created)
+        return
+    output.print_fields(
+        [
+            ("Token ID", str(created.get("token_id"))),
+            ("User", output.text_or_dash(created.get("user"))),
+            ("Description", output.text_or_dash(created.get("description"))),
+            ("Expires", _expires(created)),
+            ("Token", str(created.get("token"))),
+        ]
+    )
+    output.note("The token is shown only once; store it now.")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Tokens of this user (default: your own).")
+    ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all", help="Tokens of every user you may see.")
+    ] = False,
+) -> None:
+    """List API tokens (metadata only; a token's secret is never shown again)."""
+    state = app_state(ctx)
+    if user is not None and all_users:
+        raise CliError("use either --user or --all, not both", field="all")
+    params: dict[str, str] = {}
+    if user is not None:
+        params["user"] = user
+    if all_users:
+        params["all"] = "true"
+    with state.client() as client:
+        tokens = client.get("/api/v1/tokens", params=params or None)
+    if state.json_output:
+        output.emit_json(tokens)
+        return
+    output.print_table(_COLUMNS, [_row(token) for token in tokens])
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(help="Token id.")]) -> None:
+    """Revoke a token now; requests and open streams using it stop."""
+    state = app_state(ctx)
+    with state.client() as client:
+        token = client.delete(f"/api/v1/tokens/{quote(token_id, safe='')}")
+    if state.json_output:
+        output.emit_json(token)
+    else:
+        owner = token.get("user") if isinstance(token, dict) else None
+        output.note(f"Revoked token {token_id}" + (f" of user {owner}." if owner else "."))
