@@ -60,6 +60,7 @@ ACTIONS: frozenset[str] = frozenset(
         "parameter:List",
         "parameter:Delete",
         "parameter:Label",
+        "parameter:Tag",
         "key:Create",
         "key:List",
         "key:Rotate",

@@ -17,6 +17,8 @@ from corral.blobs import LocalBlobStore
 from corral.bus import InProcessBus
 from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.identity import BUILTIN_POLICIES, NODE_ROLE
+from corral.params import Keyring, ParameterService
+from corral.params.service import apply_policies
 from corral.server.api import (
     access,
     activations,
@@ -26,6 +28,7 @@ from corral.server.api import (
     identity,
     meta,
     nodes,
+    params,
 )
 from corral.server.auditing import AuditMiddleware
 from corral.server.auth import Authenticator, stream_recheck_loop
@@ -127,7 +130,20 @@ async def build_context(config: ServerConfig) -> ServerContext:
         gateway=gateway,
         audit=audit,
         auth=Authenticator(config, store),
+        params=ParameterService(store, Keyring(config.key_path)),
     )
+
+
+async def _parameter_policy_loop(context: ServerContext) -> None:
+    def event(action: str, resources: list[str], details: dict[str, object]) -> None:
+        context.audit.event(action, resources, details=details)
+
+    while True:
+        await asyncio.sleep(context.config.parameter_policy_seconds)
+        try:
+            await apply_policies(context.params, event)
+        except CorralError as error:
+            logger.warning("parameter policies failed error=%s", error.message)
 
 
 async def _presence_loop(context: ServerContext) -> None:
@@ -156,13 +172,16 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
             stream_recheck_loop(context.auth, config.stream_recheck_seconds),
             name="corral-stream-recheck",
         )
+        policies = asyncio.create_task(
+            _parameter_policy_loop(context), name="corral-parameter-policies"
+        )
         logger.info("server started version=%s", __version__)
         try:
             yield
         finally:
             grace = config.shutdown_grace_seconds
             closed = await context.gateway.close_all(grace)
-            for task in (presence, recheck):
+            for task in (presence, recheck, policies):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -213,6 +232,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         access.router,
         audit.router,
         meta.router,
+        params.router,
     ):
         app.include_router(router)
     return app

@@ -16,12 +16,13 @@ import hmac
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 
+from corral.audit.log import AuditLog, now_us
 from corral.errors import AccessDeniedError, AuthError, NotFoundError, RateLimitedError
 from corral.identity import (
     NODE_ROLE,
@@ -39,7 +40,14 @@ from corral.protocol.requestsig import SCHEME, parse_authorization, request_payl
 from corral.server.auditing import RequestAudit, request_audit
 from corral.server.config import ServerConfig
 from corral.server.targets import parse_targets
-from corral.store import AccessRequestRecord, NodeRecord, RoleRecord, Store, TokenRecord
+from corral.store import (
+    AccessRequestRecord,
+    AuditEntry,
+    NodeRecord,
+    RoleRecord,
+    Store,
+    TokenRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +86,37 @@ class Principal:
 class Caller:
     """The authenticated principal of one request, able to check further resources."""
 
-    def __init__(self, principal: Principal, audit: RequestAudit | None) -> None:
+    def __init__(
+        self, principal: Principal, audit: RequestAudit | None, log: AuditLog | None = None
+    ) -> None:
         self.principal = principal
         self._audit = audit
+        self._log = log
+
+    @property
+    def label(self) -> str:
+        """`user:alice` or `node:mi-...`."""
+        return self.principal.label
+
+    def record(self, action: str, resources: Sequence[str]) -> None:
+        """A separate audit record for something this call did (e.g. one decryption)."""
+        if self._log is None:
+            return
+        audit = self._audit
+        self._log.emit(
+            AuditEntry(
+                time_us=now_us(),
+                request_id=audit.request_id if audit is not None else "",
+                principal=self.principal.label,
+                action=action,
+                outcome="allowed",
+                resources=list(resources),
+                token_id=self.principal.token_id,
+                source=audit.source if audit is not None else None,
+                grant_id=audit.grant_ids[0] if audit is not None and audit.grant_ids else None,
+                details={"path": audit.path} if audit is not None else {},
+            )
+        )
 
     def decide(self, action: str, resource: str, node: NodeContext | None = None) -> Decision:
         """Evaluate one (action, resource, node) without recording anything."""
@@ -429,7 +465,7 @@ def authorize(
         if audit is not None:
             audit.principal = principal.label
             audit.token_id = principal.token_id
-        caller = Caller(principal, audit)
+        caller = Caller(principal, audit, context.audit)
         if resource is None:
             if not may_ever(principal.sources, action):
                 if audit is not None:
@@ -479,7 +515,7 @@ def authenticated(action: str) -> Callable[..., Awaitable[Caller]]:
             audit.principal = principal.label
             audit.token_id = principal.token_id
             audit.add_resource(principal.label)
-        return Caller(principal, audit)
+        return Caller(principal, audit, context.audit)
 
     dependency.__name__ = f"authenticated_{action.replace(':', '_')}"
     setattr(dependency, ACTION_ATTRIBUTE, action)

@@ -72,6 +72,10 @@ class ServerConfig:
     stream_recheck_seconds: float = 5.0
     # Signed node requests: largest accepted clock difference.
     node_request_max_skew_seconds: float = 300.0
+    # Parameter Store: where key-encryption keys live (None: data_dir/keys), and how
+    # often expiry and notification policies are applied.
+    key_dir: Path | None = None
+    parameter_policy_seconds: float = 60.0
     # Just-in-time access: the shortest and longest duration a request may ask for.
     access_min_duration_seconds: float = 60.0
     access_max_duration_seconds: float = 24 * 3600.0
@@ -117,6 +121,11 @@ class ServerConfig:
     def audit_checkpoint_path(self) -> Path:
         """The append-only file of signed audit checkpoints."""
         return self.audit_checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def key_path(self) -> Path:
+        """The directory of key-encryption key files (mode 0700, files 0600)."""
+        return self.key_dir or self.data_dir / "keys"
 
     @property
     def blob_dir(self) -> Path:

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from corral.audit.log import AuditLog
 from corral.blobs import BlobStore
 from corral.bus import NodeBus
+from corral.params import ParameterService
 from corral.server.auth import Authenticator
 from corral.server.config import ServerConfig
 from corral.server.dispatcher import Dispatcher
@@ -34,6 +35,7 @@ class ServerContext:
     gateway: Gateway
     audit: AuditLog
     auth: Authenticator
+    params: ParameterService
     # What the server serves over TLS (None: plain HTTP); agents pin its CA.
     tls: ServerTls | None = None
 

@@ -224,3 +224,44 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Parameter(Base):
+    """A Parameter Store parameter: its latest metadata (versions are in parameter_versions)."""
+
+    __tablename__ = "parameters"
+    name: Mapped[str] = mapped_column(String(1011), primary_key=True)
+    parent: Mapped[str] = mapped_column(String(1011), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    data_type: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text, default="")
+    allowed_pattern: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int] = mapped_column(Integer)
+    last_modified: Mapped[float] = mapped_column(Float)
+    last_modified_by: Mapped[str] = mapped_column(String(96))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    policies: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    notify_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    notified: Mapped[str] = mapped_column(String(32), default="")
+
+
+class ParameterVersion(Base):
+    """One version of a parameter; a SecureString's value is stored sealed."""
+
+    __tablename__ = "parameter_versions"
+    name: Mapped[str] = mapped_column(String(1011), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    tier: Mapped[str] = mapped_column(String(16))
+    data_type: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text, default="")
+    allowed_pattern: Mapped[str | None] = mapped_column(Text, nullable=True)
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    policies: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    last_modified: Mapped[float] = mapped_column(Float)
+    last_modified_by: Mapped[str] = mapped_column(String(96))

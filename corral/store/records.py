@@ -334,3 +334,64 @@ class CommandChange:
         """The set fields as column -> value."""
         names = ("status", "status_details", "completed_at", "cancelling")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterRecord:
+    """A parameter's latest metadata."""
+
+    name: str
+    type: str
+    key_id: str | None
+    tier: str
+    data_type: str
+    description: str
+    allowed_pattern: str | None
+    version: int
+    last_modified: float
+    last_modified_by: str
+    tags: dict[str, str]
+    policies: list[dict[str, object]]
+    expires_at: float | None
+    notify_at: float | None
+    notified: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterVersionRecord:
+    """One stored version (a SecureString's value is sealed)."""
+
+    name: str
+    version: int
+    value: str
+    type: str
+    key_id: str | None
+    tier: str
+    data_type: str
+    description: str
+    allowed_pattern: str | None
+    labels: list[str]
+    policies: list[dict[str, object]]
+    last_modified: float
+    last_modified_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterWrite:
+    """A validated write: the store numbers it and keeps at most `max_versions`."""
+
+    name: str
+    parent: str
+    type: str
+    key_id: str | None
+    tier: str
+    data_type: str
+    description: str
+    allowed_pattern: str | None
+    value: str
+    tags: dict[str, str]
+    policies: list[dict[str, object]]
+    expires_at: float | None
+    notify_at: float | None
+    by: str
+    at: float

@@ -22,6 +22,7 @@ from corral.store.audit import AuditRepository
 from corral.store.base import hash_secret
 from corral.store.engine import create_engine, migrate, translate_errors
 from corral.store.identity import IdentityRepository
+from corral.store.params import ParameterRepository
 from corral.store.records import (
     ActivationRecord,
     CommandChange,
@@ -57,7 +58,7 @@ def new_node_id() -> str:
     return "mi-" + secrets.token_hex(9)[:17]
 
 
-class Store(IdentityRepository, AuditRepository):
+class Store(IdentityRepository, AuditRepository, ParameterRepository):
     """Repository over the Corral database (SQLite or PostgreSQL)."""
 
     @classmethod

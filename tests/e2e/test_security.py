@@ -79,6 +79,9 @@ def test_secrets_appear_nowhere_and_revocation_stops_a_follow(fresh_fleet: Fleet
         secrets["near-miss token"] = near_miss
     verified = server.cli_json("audit", "verify")
     assert verified["ok"] is True
+    # What the system did by itself is in the log too: the node connecting, the dispatch.
+    for action in ("node:Connect", "command:Dispatch", "node:Register", "token:Revoke"):
+        assert server.cli_json("audit", "list", "--action", action), action
     exported = server.cli("audit", "export")
     assert exported.returncode == 0
     assert (

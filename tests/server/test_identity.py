@@ -266,3 +266,28 @@ def test_node_request_payload_covers_the_body() -> None:
     assert hashlib.sha256(b"{}").hexdigest().encode() in a
     assert a != request_payload("POST", "/x?y=2", 1, "n" * 32, b"{}")
     assert a != request_payload("POST", "/x?y=1", 1, "n" * 32, b"{ }")
+
+
+async def test_open_streams_end_on_revocation_disable_and_grant_end(api: Api) -> None:
+    """The registry sessions and follows use: ended at once, or by the periodic re-check."""
+    context = api.app.state.context
+    auth = context.auth
+    token = await make_user(api, "sue", "viewer")
+    other = await make_user(api, "tom", "viewer")
+    principal = await auth.from_token(token, time.time())
+    bystander = await auth.from_token(other, time.time())
+    ended: list[str] = []
+    auth.streams.open(principal, ended.append)
+    auth.streams.open(bystander, lambda reason: ended.append("bystander: " + reason))
+    assert await auth.recheck_streams() == 0
+    await api.client.patch("/api/v1/users/sue", json={"disabled": True})
+    assert ended == ["user sue was disabled"]
+    assert len(auth.streams) == 1
+
+    # Revoking through another replica (straight in the store) is caught by the re-check.
+    auth.streams.open(principal, ended.append)
+    await context.store.update_user("sue", disabled=False)
+    await context.store.revoke_token(principal.token_id)
+    assert await auth.recheck_streams() == 1
+    assert ended[-1] == "the token was revoked or expired"
+    assert ended.count("bystander: the token was revoked or expired") == 0

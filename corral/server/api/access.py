@@ -173,9 +173,7 @@ async def list_requests(
     # Filter page by page (visibility and expiry are decided here, not in the query)
     # until `limit` requests are found or none are left.
     while len(out) < limit:
-        page = await context.store.list_access_requests(
-            requester, stored_status, page_size, offset
-        )
+        page = await context.store.list_access_requests(requester, stored_status, page_size, offset)
         offset += len(page)
         for r in page:
             if status is not None and r.effective_status(now) != status:

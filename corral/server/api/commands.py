@@ -113,6 +113,7 @@ def command_json(record: CommandRecord, counts: dict[tuple[str, str], int]) -> d
         "timeout_seconds": record.timeout_seconds,
         "delivery_timeout_seconds": record.delivery_timeout_seconds,
         "requested_at": iso(record.requested_at),
+        "requested_by": record.requested_by or None,
         "completed_at": iso(record.completed_at),
         "target_count": record.target_count,
         "completed_count": sum(n for (s, _d), n in counts.items() if is_final(s)),
