@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_path("CORRAL_AGENT_CA_FILE"),
         help="trust these CA certificates instead of the stored ones (env CORRAL_AGENT_CA_FILE)",
     )
+    param = sub.add_parser("param", help="read Parameter Store values as this node")
+    param_sub = param.add_subparsers(dest="param_command", required=True)
+    pget = param_sub.add_parser(
+        "get", help="print a parameter's value (NAME, NAME:VERSION or NAME:LABEL)"
+    )
+    pget.add_argument("name")
+    pget.add_argument("--decrypt", action="store_true", help="decrypt a SecureString")
+    pget.add_argument("--state-dir", required=True, type=Path)
+    pget.add_argument("-o", "--output", choices=["text", "json"], default="text")
     who = sub.add_parser("whoami", help="ask the server who this node is (a signed request)")
     who.add_argument("--state-dir", required=True, type=Path)
     who.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -126,7 +135,28 @@ def main(argv: list[str]) -> int:
         return _register(args)
     if args.command == "whoami":
         return _whoami(args)
+    if args.command == "param":
+        return _param_get(args)
     return _run(args)
+
+
+def _param_get(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    from corral.agent.api import call
+    from corral.agent.identity import load_identity
+
+    as_json = args.output == "json"
+    query = urllib.parse.urlencode({"name": args.name, "decrypt": str(args.decrypt).lower()})
+    try:
+        reply = call(load_identity(args.state_dir), "GET", f"/api/v1/parameters/value?{query}")
+    except CorralError as exc:
+        return _fail(exc, as_json)
+    if as_json:
+        print(json.dumps(reply, indent=2))  # noqa: T201 - the command's output
+    else:
+        print(reply.get("value"))  # noqa: T201 - the value, for scripts: VALUE=$(...)
+    return 0
 
 
 def _whoami(args: argparse.Namespace) -> int:

@@ -131,6 +131,21 @@ def server(
     auth_lockout: Annotated[
         str | None, typer.Option("--auth-lockout", help="How long a lockout lasts (60s).")
     ] = None,
+    key_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-dir",
+            envvar="CORRAL_KEY_DIR",
+            help="Directory of Parameter Store key-encryption keys (default DATA_DIR/keys).",
+        ),
+    ] = None,
+    parameter_policy_interval: Annotated[
+        str | None,
+        typer.Option(
+            "--parameter-policy-interval",
+            help="How often parameter expiry and notifications are applied (60s).",
+        ),
+    ] = None,
     access_max_duration: Annotated[
         str | None,
         typer.Option("--access-max-duration", help="Longest just-in-time grant (24h)."),
@@ -151,7 +166,11 @@ def server(
         tls_san=tuple(tls_san or ()),
         audit_key_file=audit_key_file,
         audit_checkpoint_file=audit_checkpoint_file,
+        key_dir=key_dir,
     )
+    if parameter_policy_interval is not None:
+        seconds = parse_duration(parameter_policy_interval, "parameter_policy_interval")
+        config = dataclasses.replace(config, parameter_policy_seconds=max(1.0, seconds))
     if audit_checkpoint_interval is not None:
         seconds = parse_duration(audit_checkpoint_interval, "audit_checkpoint_interval")
         config = dataclasses.replace(config, audit_checkpoint_seconds=max(1.0, seconds))

@@ -14,7 +14,11 @@ from corral.documents.model import (
     Document,
     StepTemplate,
 )
-from corral.documents.references import PARAMETER_REFERENCE
+from corral.documents.references import (
+    PARAMETER_REFERENCE,
+    ReferenceResolver,
+    refuse_parameter_store_references,
+)
 from corral.documents.resolution import resolve_parameters
 from corral.documents.shell import substitute
 from corral.errors import DocumentError
@@ -35,8 +39,13 @@ def render_command(
     params: Mapping[str, object],
     platform_type: str = "Linux",
     timeout_override: int | None = None,
+    reference_resolver: ReferenceResolver = refuse_parameter_store_references,
 ) -> RenderedCommand:
-    """Render ``doc`` with ``params`` for ``platform_type`` (params are validated again here)."""
+    """Render ``doc`` with ``params`` for ``platform_type`` (params are validated again here).
+
+    ``reference_resolver`` resolves Parameter Store references left in ``params`` (a
+    command stores ``{{ssm-secure:...}}`` unresolved; it is resolved only for delivery).
+    """
     if platform_type not in PLATFORM_TYPES:
         raise DocumentError(
             f"unknown platform type; expected one of {', '.join(PLATFORM_TYPES)}",
@@ -48,7 +57,7 @@ def render_command(
         raise DocumentError(
             f"timeout must be from 1 to {MAX_TIMEOUT_SECONDS} seconds", field="timeout_seconds"
         )
-    values = resolve_parameters(doc, params)
+    values = resolve_parameters(doc, params, reference_resolver=reference_resolver)
     steps: list[Step] = []
     skipped: list[str] = []
     for template in doc.steps:

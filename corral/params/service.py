@@ -446,6 +446,11 @@ class ParameterService:
             decrypted=decrypted,
         )
 
+    async def open_version(self, name: str, version: int) -> str:
+        """Decrypt one stored version for delivery to a node (the sender was checked)."""
+        _meta, row = await self.store.get_parameter_version(name, version)
+        return await asyncio.to_thread(self.keyring.open, row.name, row.value)
+
     # --- keys ---------------------------------------------------------------------
 
     async def rotate_key(self, name: str, batch: int = 500) -> tuple[int, int]:

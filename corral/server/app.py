@@ -112,7 +112,8 @@ async def build_context(config: ServerConfig) -> ServerContext:
             config.write_batch_seconds,
             config.write_retry_seconds,
         )
-        renderer = RenderCache(store)
+        parameters = ParameterService(store, Keyring(config.key_path))
+        renderer = RenderCache(store, parameters.open_version)
         dispatcher = Dispatcher(config, store, bus, writer, renderer, audit)
         await dispatcher.load()
         gateway = Gateway(config, store, blobs, bus, dispatcher, writer, audit)
@@ -130,7 +131,7 @@ async def build_context(config: ServerConfig) -> ServerContext:
         gateway=gateway,
         audit=audit,
         auth=Authenticator(config, store),
-        params=ParameterService(store, Keyring(config.key_path)),
+        params=parameters,
     )
 
 

@@ -315,7 +315,14 @@ class Dispatcher:
             self._set(state, inv, Detail.UNDELIVERABLE, now)
             return
         platform = self._platforms.get(inv.node_id) or "Linux"
-        rendered = await self._renderer.render(state.record, platform)
+        try:
+            rendered = await self._renderer.render(state.record, platform)
+        except CorralError as error:
+            # e.g. a referenced SecureString version was deleted since the command was sent
+            message = f"the command could not be prepared for this node: {error.message}"
+            change = InvocationChange(inv.command_id, inv.node_id, message=message[:500])
+            self._set(state, inv, Detail.FAILED, now, change)
+            return
         if not rendered.steps:
             change = InvocationChange(inv.command_id, inv.node_id, message="no step applies")
             self._set(state, inv, Detail.INVALID_PLATFORM, now, change)
@@ -325,6 +332,7 @@ class Dispatcher:
             command_id=inv.command_id,
             steps=list(rendered.steps),
             timeout_seconds=rendered.timeout_override,
+            mask=list(rendered.mask),
         )
         if self._bus.is_connected(inv.node_id) and await self._bus.publish(inv.node_id, invoke):
             if self._audit is not None:
@@ -358,10 +366,24 @@ class Dispatcher:
                 state.parked.discard(node_id)
                 state.queue.appendleft(node_id)
             elif inv.status in (Status.IN_PROGRESS, Status.DELAYED):
-                rendered = await self._renderer.render(state.record, platform_type or "Linux")
+                try:
+                    rendered = await self._renderer.render(state.record, platform_type or "Linux")
+                except CorralError as error:
+                    logger.warning(
+                        "re-send failed command_id=%s node_id=%s error=%s",
+                        command_id,
+                        node_id,
+                        error.message,
+                    )
+                    continue
                 if not rendered.steps:
                     continue
-                invoke = Invoke(command_id, list(rendered.steps), rendered.timeout_override)
+                invoke = Invoke(
+                    command_id,
+                    list(rendered.steps),
+                    rendered.timeout_override,
+                    mask=list(rendered.mask),
+                )
                 if await self._bus.publish(node_id, invoke) and inv.status == Status.DELAYED:
                     inv.sent_at = now
                     change = InvocationChange(command_id, node_id, sent_at=now)

@@ -188,6 +188,8 @@ class Command(Base):
     target_count: Mapped[int] = mapped_column(Integer)
     # Who sent it ("user:alice"); empty for commands from before principals were recorded.
     requested_by: Mapped[str] = mapped_column(String(96), default="")
+    # Parameter Store references resolved when it was sent: reference, name, version, secure.
+    references: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class Invocation(Base):

@@ -190,6 +190,7 @@ class NewCommand:
     delivery_timeout_seconds: int
     requested_at: float
     requested_by: str = ""
+    references: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,12 @@ class CommandRecord:
     cancelling: bool
     target_count: int
     requested_by: str = ""
+    references: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def secure_references(self) -> list[dict[str, object]]:
+        """The `{{ssm-secure:...}}` references, resolved only when sending to a node."""
+        return [r for r in self.references if r.get("secure")]
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,6 +420,7 @@ class Store(IdentityRepository, AuditRepository, ParameterRepository):
             cancelling=False,
             target_count=len(node_ids),
             requested_by=new.requested_by,
+            references=list(new.references) or None,
         )
         inv = _table(m.Invocation)
         records = initial_invocations(new.id, list(node_ids), new.requested_at, dict(denied or {}))
@@ -689,6 +690,7 @@ def _command(r: m.Command) -> CommandRecord:
         cancelling=r.cancelling,
         target_count=r.target_count,
         requested_by=r.requested_by,
+        references=list(r.references or []),
     )
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from corral.blobs import output_key
-from corral.documents import MAX_TIMEOUT_SECONDS, parse_document, render_command, resolve_parameters
+from corral.documents import MAX_TIMEOUT_SECONDS, parse_document, render_command
 from corral.errors import AccessDeniedError, ValidationError
 from corral.identity import NodeContext
 from corral.protocol import counts_as_error, is_final
@@ -23,6 +23,7 @@ from corral.server.auth import Caller, authorize, node_context
 from corral.server.config import ServerConfig
 from corral.server.context import Ctx, ServerContext
 from corral.server.ratecontrol import validate_limit
+from corral.server.references import resolve_command_parameters, resolver
 from corral.store import CommandRecord, InvocationRecord, NewCommand, initial_invocations
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def command_json(record: CommandRecord, counts: dict[tuple[str, str], int]) -> d
         "delivery_timeout_seconds": record.delivery_timeout_seconds,
         "requested_at": iso(record.requested_at),
         "requested_by": record.requested_by or None,
+        "parameter_references": record.references,
         "completed_at": iso(record.completed_at),
         "target_count": record.target_count,
         "completed_count": sum(n for (s, _d), n in counts.items() if is_final(s)),
@@ -181,8 +183,6 @@ async def send_command(
     number, latest = parse_version(body.document_version, "document_version")
     document = await context.store.get_document(body.document_name, version=number, latest=latest)
     doc = parse_document(document.content, document.format)
-    params = resolve_parameters(doc, body.parameters)
-    render_command(doc, params, "Linux", body.timeout_seconds)
     max_concurrency = validate_limit(body.max_concurrency, "max_concurrency")
     max_errors = validate_limit(body.max_errors, "max_errors")
     nodes = await resolve_targets(context, body.targets)
@@ -202,6 +202,13 @@ async def send_command(
             f"{caller.principal.label} may not send {document.name} to any of the "
             f"{len(nodes)} target node(s)"
         )
+    # Parameter Store references resolve with the sender's rights; secure ones are kept
+    # as references in the stored command and decrypted again only for delivery.
+    params, references = await resolve_command_parameters(
+        context.params, caller, doc, body.parameters
+    )
+    plain = {r.reference: r.value for r in references}
+    render_command(doc, params, "Linux", body.timeout_seconds, reference_resolver=resolver(plain))
     new = NewCommand(
         id=str(uuid.uuid4()),
         document_name=document.name,
@@ -215,6 +222,7 @@ async def send_command(
         delivery_timeout_seconds=body.delivery_timeout_seconds,
         requested_at=time.time(),
         requested_by=caller.principal.label,
+        references=[r.record() for r in references],
     )
     node_ids = [n.id for n in nodes]
     record = await context.store.create_command(new, node_ids, denied)

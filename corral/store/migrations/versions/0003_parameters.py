@@ -1,4 +1,5 @@
-"""Parameter Store: parameters (latest metadata) and their versions."""
+"""Parameter Store: parameters (latest metadata) and their versions; commands record the
+Parameter Store references they resolved."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -50,9 +51,13 @@ def upgrade() -> None:
         sa.Column("last_modified_by", sa.String(96), nullable=False),
     )
     op.create_index("ix_parameter_versions_key_id", "parameter_versions", ["key_id"])
+    with op.batch_alter_table("commands") as batch:
+        batch.add_column(sa.Column("references", sa.JSON, nullable=True))
 
 
 def downgrade() -> None:
     """Drop the parameter tables."""
+    with op.batch_alter_table("commands") as batch:
+        batch.drop_column("references")
     op.drop_table("parameter_versions")
     op.drop_table("parameters")
