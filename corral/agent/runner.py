@@ -6,6 +6,10 @@ Rules:
   Accepted is sent.
 * Output is sent from per-stream byte offsets; attach (a new connection) restarts
   every unacknowledged stream at 0, OutputRewind restarts one stream where asked.
+* An invocation whose Invoke has `mask` has its output masked as it is read from disk
+  (masking.py): same length, so offsets and byte totals are the raw stream's, and the
+  bytes from any offset are the same every time they are sent. Its wrapper and raw
+  output (which hold the secrets) are emptied and removed as soon as it is acknowledged.
 * A Result is written to disk when the worker ends and sent once all output up to
   its byte totals was sent; it stays on disk until ResultAck, then the invocation's
   directory is removed (its id stays in the journal).
@@ -31,6 +35,7 @@ from typing import Any, TypeVar
 
 from corral.agent import worker
 from corral.agent.journal import Journal
+from corral.agent.masking import Masker, Secrets
 from corral.agent.options import AgentOptions
 from corral.errors import ProtocolError, UnavailableError
 from corral.protocol import (
@@ -84,6 +89,13 @@ class Invocation:
     kill_reason: str | None = None
     step_index: int = 0
     offsets: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
+    # The Invoke's `mask` values (None when it has none) and each stream's masker.
+    secrets: Secrets | None = field(init=False, default=None)
+    maskers: dict[str, Masker] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.invoke.mask:
+            self.secrets = Secrets(self.invoke.mask)
 
 
 class Runner:
@@ -285,6 +297,9 @@ class Runner:
         self.journal.record_ack(command_id)
         del self._invocations[command_id]
         self._unwatch(inv)
+        if inv.secrets is not None:
+            # Its secrets are in run.sh and maybe in the raw output: gone now, not once idle.
+            await offload(worker.scrub, inv.directory)
         self._trash.append(inv.directory)
         self._schedule_cleanup()
         logger.debug("command_id=%s acknowledged; output forgotten", command_id)
@@ -314,7 +329,9 @@ class Runner:
 
     def _recover(self, directory: Path) -> None:
         if self.journal.acked(directory.name):
-            self._trash.append(directory)  # acknowledged before the last stop; only clean up
+            # Acknowledged before the last stop (maybe before it was scrubbed): only clean up.
+            worker.scrub(directory)
+            self._trash.append(directory)
             return
         try:
             invoke = worker.read_invoke(directory)
@@ -507,6 +524,9 @@ class Runner:
             self.detach()
 
     async def _send_stream(self, inv: Invocation, stream: str, limit: int | None) -> None:
+        if inv.secrets is not None:
+            await self._send_masked(inv, stream, limit, inv.secrets)
+            return
         path = inv.directory / stream
         end = _size(path) if limit is None else limit
         offset = inv.offsets[stream]
@@ -521,6 +541,50 @@ class Runner:
                 await self._emit(Output(inv.command_id, stream, offset, data))
                 offset += len(data)
                 inv.offsets[stream] = offset
+        finally:
+            os.close(fd)
+
+    async def _send_masked(
+        self, inv: Invocation, stream: str, limit: int | None, secrets: Secrets
+    ) -> None:
+        """Like the plain path, but through the stream's masker, which holds back the bytes
+        a later write could still turn into part of a secret until it can tell (or the
+        stream ended: `limit` is known).
+
+        The masker is reused while it continues exactly where the server is; after an
+        attach or a rewind it is rebuilt from the raw bytes on disk and yields the very
+        bytes sent before.
+        """
+        path = inv.directory / stream
+        end = _size(path) if limit is None else limit
+        offset = inv.offsets[stream]
+        if offset >= end:
+            return
+        masker = inv.maskers.get(stream)
+        if masker is None or masker.released != offset or masker.position > end:
+            masker = inv.maskers[stream] = Masker(secrets, start=offset)
+        if masker.position >= end and limit is None:
+            return  # nothing new; what is held back waits for more output or the end
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while self._send is not None and not masker.finished:
+                raw = b""
+                if masker.position < end:
+                    size = min(max(1, self.chunk_bytes - masker.pending), end - masker.position)
+                    raw = os.pread(fd, size, masker.position)
+                    if not raw:
+                        break
+                final = limit is not None and masker.position + len(raw) >= end
+                if not raw and not final:
+                    break  # all read; the rest is held back until more output or the end
+                start = masker.released
+                data = masker.feed(raw)
+                if final:
+                    data += masker.finish()
+                for at in range(0, len(data), self.chunk_bytes):
+                    piece = data[at : at + self.chunk_bytes]
+                    await self._emit(Output(inv.command_id, stream, start + at, piece))
+                inv.offsets[stream] = masker.released
         finally:
             os.close(fd)
 

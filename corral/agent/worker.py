@@ -13,6 +13,8 @@ Rules:
     is derived from `progress` again after a restart).
 * Few files per invocation on purpose: creating files is most of the per-invocation
   cost after the bash exec itself.
+* An invocation with secrets (`Invoke.mask`) is scrubbed when acknowledged: `run.sh`
+  emptied and the raw output removed at once, not when the directory is retired.
 * An acknowledged invocation's directory is emptied (all but `run.sh` removed) and
   moved to `DIR/spare/`; the next invocation's `run.sh` is overwritten in a spare,
   which is then renamed into place. Reusing inodes spares the file system its
@@ -209,6 +211,20 @@ def recycle(inv_dir: Path, spare: Path) -> bool:
         shutil.rmtree(inv_dir, ignore_errors=True)
         return False
     return True
+
+
+def scrub(inv_dir: Path) -> None:
+    """Empty `run.sh` and remove the raw output of an acknowledged invocation at once.
+
+    For invocations with secrets (`Invoke.mask`): `run.sh` holds them (in the Invoke
+    record and the rendered steps) and the raw output may too. `recycle` later finds
+    the directory as it expects (only `run.sh` and files it removes).
+    """
+    with contextlib.suppress(OSError):
+        os.truncate(inv_dir / "run.sh", 0)
+    for name in ("stdout", "stderr"):
+        with contextlib.suppress(OSError):
+            os.unlink(inv_dir / name)
 
 
 def read_invoke(inv_dir: Path) -> Invoke:

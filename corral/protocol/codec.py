@@ -4,6 +4,10 @@ Rules:
 * A frame is one JSON object of at most `max_bytes` bytes (UTF-8) with a `type`.
 * Every field is checked against the dataclass annotation; unknown fields are
   ignored (a newer peer may add some), missing required fields are refused.
+* A field's metadata may add limits: "max_items" (a list's length, checked before
+  its items are converted), "min_chars"/"max_chars" (characters of a string, or of
+  each string of a list; such strings must also be valid UTF-8 text, no lone
+  surrogates).
 * `bytes` fields are base64 strings on the wire.
 * Any violation raises `ProtocolError` with a short, peer-safe message; the decoder
   never lets a `KeyError`/`TypeError` escape.
@@ -20,7 +24,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -190,7 +194,7 @@ def _dataclass_converter(cls: type) -> Converter:
     fields = [
         (
             f.name,
-            _converter(hints[f.name]),
+            _limited(_converter(hints[f.name]), f.metadata),
             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
         )
         for f in dataclasses.fields(cls)
@@ -208,6 +212,41 @@ def _dataclass_converter(cls: type) -> Converter:
         return cls(**kwargs)
 
     return as_dataclass
+
+
+def _limited(convert: Converter, metadata: Mapping[str, Any]) -> Converter:
+    """`convert`, plus the limits a field's metadata declares (unchanged without any)."""
+    max_items: int | None = metadata.get("max_items")
+    min_chars: int = metadata.get("min_chars", 0)
+    max_chars: int | None = metadata.get("max_chars")
+    if max_items is None and min_chars == 0 and max_chars is None:
+        return convert
+    checks_text = min_chars > 0 or max_chars is not None
+
+    def check_text(value: Any, path: str) -> None:
+        if not isinstance(value, str):
+            return
+        if len(value) < min_chars or (max_chars is not None and len(value) > max_chars):
+            bounds = f"{min_chars} to {max_chars}" if max_chars is not None else f">= {min_chars}"
+            raise ProtocolError(f"{path} must have {bounds} characters", "bad_message")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProtocolError(f"{path} is not valid UTF-8 text", "bad_message") from exc
+
+    def limited(raw: Any, path: str) -> Any:
+        if max_items is not None and isinstance(raw, list) and len(raw) > max_items:
+            raise ProtocolError(f"{path} has more than {max_items} items", "bad_message")
+        value = convert(raw, path)
+        if checks_text:
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    check_text(item, f"{path}[{index}]")
+            else:
+                check_text(value, path)
+        return value
+
+    return limited
 
 
 def _as_bytes(raw: Any, path: str) -> bytes:

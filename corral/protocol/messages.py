@@ -13,6 +13,11 @@ from typing import ClassVar
 
 PROTOCOL_VERSION = 1
 
+# Limits of `Invoke.mask`, enforced by the codec on decode (see `codec.py`: a field's
+# metadata may carry "max_items", "min_chars" and "max_chars").
+MAX_MASK_VALUES = 100
+MAX_MASK_CHARS = 8192
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -92,6 +97,14 @@ class Invoke(Message):
     steps: list[Step]
     # Overall execution timeout; when set, it replaces the steps' own timeouts.
     timeout_seconds: int | None = None
+    # Secret values (resolved `{{ssm-secure:...}}` references) the agent masks in this
+    # invocation's stdout/stderr before any of it leaves the node: every occurrence of a
+    # value's UTF-8 bytes becomes as many `*` bytes. Older servers omit it.
+    mask: list[str] = field(
+        default_factory=list,
+        repr=False,  # never in a log line or a traceback
+        metadata={"max_items": MAX_MASK_VALUES, "min_chars": 1, "max_chars": MAX_MASK_CHARS},
+    )
 
 
 @dataclass(frozen=True, slots=True)

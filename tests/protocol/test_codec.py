@@ -119,3 +119,62 @@ def test_public_surface_is_pinned() -> None:
     ]  # fmt: skip
     for name in corral.protocol.__all__:
         assert hasattr(corral.protocol, name)
+
+
+# --- Invoke.mask: the secret values the agent masks in captured output -------------
+
+
+def test_invoke_mask_round_trips_and_defaults_to_empty() -> None:
+    invoke = Invoke(
+        "c1", [Step("s", "echo hi")], None, ["s3cr3t", "p\u00e4ss \U0001f511", "x" * 8192]
+    )
+    assert decode(encode(invoke), SERVER_MESSAGES) == invoke
+    # An older server omits the field.
+    old = '{"type": "invoke", "command_id": "c1", "steps": []}'
+    decoded = decode(old, SERVER_MESSAGES)
+    assert isinstance(decoded, Invoke)
+    assert decoded.mask == []
+    at_limit = Invoke("c1", [], mask=[f"v{i}" for i in range(100)])
+    assert decode(encode(at_limit), SERVER_MESSAGES) == at_limit
+
+
+def test_invoke_mask_values_never_show_in_its_repr() -> None:
+    invoke = Invoke("c1", [], mask=["hunter2-secret"])
+    assert "hunter2-secret" not in repr(invoke)
+    assert "hunter2-secret" not in str(invoke)
+
+
+def _invoke_frame(mask: object) -> str:
+    return json.dumps({"type": "invoke", "command_id": "c1", "steps": [], "mask": mask})
+
+
+@pytest.mark.parametrize(
+    ("mask", "reason"),
+    [
+        ("secret", r"invoke\.mask must be a list"),
+        ({"a": "b"}, r"invoke\.mask must be a list"),
+        ([f"v{i}" for i in range(101)], r"invoke\.mask has more than 100 items"),
+        (["ok", ""], r"invoke\.mask\[1\] must have 1 to 8192 characters"),
+        (["x" * 8193], r"invoke\.mask\[0\] must have 1 to 8192 characters"),
+        (["ok", 5], r"invoke\.mask\[1\] must be a string"),
+        ([None], r"invoke\.mask\[0\] must be a string"),
+        (None, r"invoke\.mask must be a list"),
+    ],
+)
+def test_invoke_mask_limits_are_enforced_on_decode(mask: object, reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason) as info:
+        decode(_invoke_frame(mask), SERVER_MESSAGES)
+    assert info.value.code == "bad_message"
+
+
+def test_invoke_mask_refuses_text_that_is_not_utf8() -> None:
+    # JSON can carry a lone surrogate, which has no UTF-8 encoding to match on.
+    frame = '{"type": "invoke", "command_id": "c1", "steps": [], "mask": ["ok", "\\ud800x"]}'
+    with pytest.raises(ProtocolError, match=r"invoke\.mask\[1\] is not valid UTF-8 text"):
+        decode(frame, SERVER_MESSAGES)
+
+
+def test_mask_limits_count_characters_not_bytes() -> None:
+    # 8192 four-byte characters: 32 KiB of UTF-8, still within the limit.
+    invoke = Invoke("c1", [], mask=["\U0001f511" * 8192])
+    assert decode(encode(invoke), SERVER_MESSAGES) == invoke
