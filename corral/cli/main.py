@@ -21,8 +21,10 @@ from corral.cli import (
     audit,
     commands,
     documents,
+    keys,
     nodes,
     output,
+    params,
     roles,
     tokens,
     users,
@@ -58,6 +60,8 @@ app.add_typer(roles.app, name="role")
 app.command("whoami")(whoami)
 app.add_typer(audit.app, name="audit")
 app.add_typer(access.app, name="access")
+app.add_typer(params.app, name="param")
+app.add_typer(keys.app, name="key")
 
 
 @app.command(

@@ -85,6 +85,11 @@ class World:
         }
         return str(self.ok(self.admin.post("/api/v1/commands", json=body))["command_id"])
 
+    def parameter(self) -> str:
+        name = "/m/" + uuid.uuid4().hex[:10]
+        self.ok(self.admin.post("/api/v1/parameters", json={"name": name, "value": "v"}))
+        return name
+
     def user(self, roles: list[str]) -> str:
         name = "u-" + uuid.uuid4().hex[:10]
         self.ok(self.admin.post("/api/v1/users", json={"name": name, "roles": roles}))
@@ -243,6 +248,20 @@ CASES = [
     Case("POST /access/requests/{id}/approve", lambda w, s, u: ("POST", f"/api/v1/access/requests/{w.request(s)}/approve", {}), ADMIN, grant_dev=ADMIN),
     Case("POST /access/requests/{id}/deny", lambda w, s, u: ("POST", f"/api/v1/access/requests/{w.request(s)}/deny", {}), ADMIN, grant_dev=ADMIN),
     fleet_wide("POST /access/requests/{id}/revoke", lambda w, s, u: ("POST", f"/api/v1/access/requests/{w.request(s)}/revoke", None), ADMIN),
+    fleet_wide("POST /parameters", lambda w, s, u: ("POST", "/api/v1/parameters", {"name": "/m/" + uuid.uuid4().hex[:8], "value": "v"}), OPERATE),
+    fleet_wide("GET /parameters/value", lambda w, s, u: ("GET", "/api/v1/parameters/value?name=/m/p", None), READERS),
+    fleet_wide("POST /parameters/values", lambda w, s, u: ("POST", "/api/v1/parameters/values", {"names": ["/m/p"]}), READERS),
+    listing("GET /parameters/by-path", lambda w, s, u: ("GET", "/api/v1/parameters/by-path?path=/m", None), READERS),
+    listing("GET /parameters", lambda w, s, u: ("GET", "/api/v1/parameters", None), READERS),
+    fleet_wide("GET /parameters/history", lambda w, s, u: ("GET", "/api/v1/parameters/history?name=/m/p", None), READERS),
+    fleet_wide("POST /parameters/label", lambda w, s, u: ("POST", "/api/v1/parameters/label", {"name": w.parameter(), "labels": ["x"]}), OPERATE),
+    fleet_wide("POST /parameters/unlabel", lambda w, s, u: ("POST", "/api/v1/parameters/unlabel", {"name": w.parameter(), "version": 1, "labels": ["x"]}), OPERATE),
+    fleet_wide("POST /parameters/delete", lambda w, s, u: ("POST", "/api/v1/parameters/delete", {"names": [w.parameter()]}), OPERATE),
+    fleet_wide("GET /parameters/tags", lambda w, s, u: ("GET", "/api/v1/parameters/tags?name=/m/p", None), READERS),
+    fleet_wide("PATCH /parameters/tags", lambda w, s, u: ("PATCH", "/api/v1/parameters/tags", {"name": w.parameter(), "add": {"k": "v"}}), OPERATE),
+    fleet_wide("POST /keys", lambda w, s, u: ("POST", "/api/v1/keys", {"name": "k" + uuid.uuid4().hex[:8]}), ADMIN),
+    fleet_wide("GET /keys", lambda w, s, u: ("GET", "/api/v1/keys", None), READERS),
+    fleet_wide("POST /keys/{name}/rotate", lambda w, s, u: ("POST", "/api/v1/keys/default/rotate", None), ADMIN),
     fleet_wide("GET /access/requests/{id}/evidence", lambda w, s, u: ("GET", f"/api/v1/access/requests/{w.request(s)}/evidence", None), AUDIT),
 ]
 # fmt: on
@@ -260,6 +279,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         w.commands = {side: w.command(side) for side in ("dev", "prod")}
         w.ok(admin.post("/api/v1/roles", json={"name": "baseline", "policy": {"statements": []}}))
         w.ok(admin.post("/api/v1/roles", json={"name": "custom", "policy": POLICY}))
+        w.ok(admin.post("/api/v1/parameters", json={"name": "/m/p", "value": "v"}))
+        w.ok(
+            admin.post(
+                "/api/v1/parameters", json={"name": "/m/s", "value": "v", "type": "SecureString"}
+            )
+        )
         created = w.ok(admin.post("/api/v1/users", json={"name": "requester", "roles": ["viewer"]}))
         w.tokens["requester"] = created["token"]
         for role in ROLES:

@@ -19,7 +19,7 @@ def test_references_resolve_and_secrets_are_masked_and_never_stored(fresh_fleet:
     assert put.returncode == 0, put.stderr
     script = (
         "echo plain={{ssm:/app/dev/greeting}}; "
-        "echo secret={{ssm-secure:/app/dev/db-password}}; "
+        "echo 'secret={{ssm-secure:/app/dev/db-password}}'; "
         'printf "%s" "{{ssm-secure:/app/dev/db-password}}" | cut -c1-5; '
         'printf "%s\\n" "{{ssm-secure:/app/dev/db-password}}" | rev'
     )
