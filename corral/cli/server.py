@@ -131,6 +131,13 @@ def server(
     auth_lockout: Annotated[
         str | None, typer.Option("--auth-lockout", help="How long a lockout lasts (60s).")
     ] = None,
+    sigv4_max_skew: Annotated[
+        str | None,
+        typer.Option(
+            "--sigv4-max-skew",
+            help="Largest clock difference accepted on AWS SigV4-signed requests (5m).",
+        ),
+    ] = None,
     key_dir: Annotated[
         Path | None,
         typer.Option(
@@ -179,6 +186,10 @@ def server(
     if auth_lockout is not None:
         config = dataclasses.replace(
             config, auth_lockout_seconds=parse_duration(auth_lockout, "auth_lockout")
+        )
+    if sigv4_max_skew is not None:
+        config = dataclasses.replace(
+            config, sigv4_max_skew_seconds=parse_duration(sigv4_max_skew, "sigv4_max_skew")
         )
     if access_max_duration is not None:
         config = dataclasses.replace(

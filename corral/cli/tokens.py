@@ -1,4 +1,4 @@
-"""`corral token`: create, list and revoke API tokens (yours, or another user's)."""
+"""`corral token`: create, list and revoke API tokens and AWS credentials (yours, or others')."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from corral.cli.values import parse_duration
 
 app = typer.Typer(help="Create, list and revoke API tokens.")
 
-_COLUMNS = ["TOKEN ID", "USER", "PREFIX", "STATUS", "EXPIRES", "LAST USED", "DESCRIPTION"]
+# PREFIX/KEY ID: a token's first characters, or the access key id of AWS credentials.
+_COLUMNS = ["TOKEN ID", "USER", "PREFIX/KEY ID", "STATUS", "EXPIRES", "LAST USED", "DESCRIPTION"]
 
 
 def token_status(token: dict[str, Any]) -> str:
@@ -34,7 +35,7 @@ def _row(token: dict[str, Any]) -> list[str]:
     return [
         str(token.get("token_id", "")),
         output.text_or_dash(token.get("user")),
-        output.text_or_dash(token.get("prefix")),
+        output.text_or_dash(token.get("access_key_id") or token.get("prefix")),
         token_status(token),
         _expires(token),
         output.format_ago(token.get("last_used_at")),
@@ -52,10 +53,20 @@ def create(
         str | None, typer.Option("--expires", help="Lifetime: 30d, 24h (default: none).")
     ] = None,
     description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+    aws_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--aws-credentials",
+            help="Issue an AWS access key id and secret access key (for boto3, the AWS CLI "
+            "and Terraform on the Systems Manager API) instead of a token.",
+        ),
+    ] = False,
 ) -> None:
-    """Create an API token; the token is shown only once."""
+    """Create an API token (or AWS credentials); the secret is shown only once."""
     state = app_state(ctx)
     body: dict[str, Any] = {}
+    if aws_credentials:
+        body["aws_credentials"] = True
     if user is not None:
         body["user"] = user
     if expires is not None:
@@ -67,15 +78,24 @@ def create(
     if state.json_output:
         output.emit_json(created)
         return
-    output.print_fields(
-        [
-            ("Token ID", str(created.get("token_id"))),
-            ("User", output.text_or_dash(created.get("user"))),
-            ("Description", output.text_or_dash(created.get("description"))),
-            ("Expires", _expires(created)),
-            ("Token", str(created.get("token"))),
+    fields = [
+        ("Token ID", str(created.get("token_id"))),
+        ("User", output.text_or_dash(created.get("user"))),
+        ("Description", output.text_or_dash(created.get("description"))),
+        ("Expires", _expires(created)),
+    ]
+    if aws_credentials:
+        fields += [
+            ("Access key ID", str(created.get("access_key_id"))),
+            ("Secret access key", str(created.get("secret_access_key"))),
         ]
-    )
+        output.print_fields(fields)
+        output.note(
+            "The secret access key is shown only once; store it now. Point AWS tools at this "
+            "server with AWS_ENDPOINT_URL_SSM (see docs/ssm-api.md)."
+        )
+        return
+    output.print_fields([*fields, ("Token", str(created.get("token")))])
     output.note("The token is shown only once; store it now.")
 
 

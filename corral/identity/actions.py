@@ -71,6 +71,10 @@ ACTIONS: frozenset[str] = frozenset(
         "session:Observe",
         "file:Upload",
         "file:Download",
+        # The Systems Manager wire API's route (POST /): any valid credential may call
+        # it; every operation is then checked by the domain service as its own action
+        # (parameter:Get, ...), which is also what the call's audit record names.
+        "ssm:Call",
     }
 )
 

@@ -122,7 +122,7 @@ def parse_selector(raw: str, field: str = "name") -> Selector:
     name = validate_name(name, field)
     if suffix.isdigit():
         version = int(suffix)
-        if not 1 <= version <= 2**31:
+        if not 1 <= version <= 2**31 - 1:
             raise ValidationError(f"version {suffix} is out of range", field)
         return Selector(name, version=version)
     return Selector(name, label=validate_label(suffix, field))

@@ -148,10 +148,40 @@ def _after(token: str | None) -> str | None:
 class ParameterService:
     """Parameter Store operations with validation, policy checks and envelope encryption."""
 
-    def __init__(self, store: Store, keyring: Keyring, max_versions: int = MAX_VERSIONS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        max_versions: int = MAX_VERSIONS,
+        cache_seconds: float = 1.0,
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.max_versions = max_versions
+        # Latest versions read by name, kept `cache_seconds`: writes through this server
+        # drop them at once; another replica's writes are seen within `cache_seconds`.
+        self.cache_seconds = cache_seconds
+        self._latest: dict[str, tuple[float, ParameterVersionRecord]] = {}
+
+    def forget(self, names: Sequence[str] | None = None) -> None:
+        """Drop cached reads (of `names`, or all)."""
+        if names is None:
+            self._latest.clear()
+        else:
+            for name in names:
+                self._latest.pop(name, None)
+
+    async def _latest_version(self, name: str) -> ParameterVersionRecord:
+        if self.cache_seconds > 0:
+            cached = self._latest.get(name)
+            if cached is not None and time.monotonic() < cached[0]:
+                return cached[1]
+        _meta, row = await self.store.get_parameter_version(name)
+        if self.cache_seconds > 0:
+            if len(self._latest) >= 10_000:
+                self._latest.clear()
+            self._latest[name] = (time.monotonic() + self.cache_seconds, row)
+        return row
 
     # --- writes -----------------------------------------------------------------
 
@@ -204,7 +234,7 @@ class ParameterService:
             key = key_name(request.key_id or (current.key_id if current else None))
             if key == "default":
                 await asyncio.to_thread(self.keyring.ensure_default)
-            stored_value = await asyncio.to_thread(self.keyring.seal, key, name, request.value)
+            stored_value = self.keyring.seal(key, name, request.value)
         elif request.key_id is not None:
             raise ValidationError("a key is only used by SecureString parameters", "key_id")
         now = time.time()
@@ -229,6 +259,7 @@ class ParameterService:
             overwrite=request.overwrite,
             max_versions=self.max_versions,
         )
+        self.forget([name])
         return PutResult(name, version, tier)
 
     async def delete(self, caller: Authorizer, names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -238,7 +269,10 @@ class ParameterService:
         valid = [validate_name(n, "names") for n in names]
         for name in valid:
             caller.require("parameter:Delete", resource(name))
-        return await self.store.delete_parameters(valid)
+        try:
+            return await self.store.delete_parameters(valid)
+        finally:
+            self.forget(valid)
 
     async def label(
         self, caller: Authorizer, name: str, version: int | None, labels: Sequence[str]
@@ -249,7 +283,10 @@ class ParameterService:
         if not labels:
             raise ValidationError("at least one label is required", "labels")
         valid = [validate_label(label) for label in labels]
-        return await self.store.label_parameter(name, version, valid, MAX_LABELS_PER_VERSION)
+        try:
+            return await self.store.label_parameter(name, version, valid, MAX_LABELS_PER_VERSION)
+        finally:
+            self.forget([name])
 
     async def unlabel(
         self, caller: Authorizer, name: str, version: int, labels: Sequence[str]
@@ -259,7 +296,10 @@ class ParameterService:
         caller.require("parameter:Label", resource(name))
         if not labels:
             raise ValidationError("at least one label is required", "labels")
-        return await self.store.unlabel_parameter(name, version, list(labels))
+        try:
+            return await self.store.unlabel_parameter(name, version, list(labels))
+        finally:
+            self.forget([name])
 
     async def tag(
         self, caller: Authorizer, name: str, add: dict[str, str], remove: Sequence[str]
@@ -281,9 +321,12 @@ class ParameterService:
         """One parameter by `NAME`, `NAME:VERSION` or `NAME:LABEL`."""
         parsed = parse_selector(selector)
         caller.require("parameter:Get", resource(parsed.name))
-        _meta, version = await self.store.get_parameter_version(
-            parsed.name, parsed.version, parsed.label
-        )
+        if parsed.version is None and parsed.label is None:
+            version = await self._latest_version(parsed.name)
+        else:
+            _meta, version = await self.store.get_parameter_version(
+                parsed.name, parsed.version, parsed.label
+            )
         return await self._value(caller, version, decrypt, parsed)
 
     async def get_many(
@@ -418,7 +461,8 @@ class ParameterService:
         if version.type == "SecureString" and decrypt:
             caller.require("parameter:GetDecrypted", resource(version.name))
             try:
-                value = await asyncio.to_thread(self.keyring.open, version.name, version.value)
+                # AES-GCM on a few KB takes microseconds: cheaper than a thread hop.
+                value = self.keyring.open(version.name, version.value)
             except DecryptionError:
                 logger.error(
                     "decryption failed name=%s version=%d key=%s",
@@ -468,6 +512,7 @@ class ParameterService:
                 if rewrapped is not None:
                     changes.append((row.name, row.version, row.value, rewrapped))
             done += await self.store.replace_sealed_values(changes)
+            self.forget([c[0] for c in changes])
             after = (rows[-1].name, rows[-1].version)
         logger.info(
             "key rotated name=%s version=%d rewrapped=%d", info.name, info.current_version, done
@@ -521,6 +566,7 @@ async def apply_policies(
         event("parameter:Expire", [resource(meta.name)], {"version": meta.version})
         if await service.store.delete_if_unchanged(meta.name, meta.version):
             deleted += 1
+        service.forget([meta.name])
     return notified, deleted
 
 

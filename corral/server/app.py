@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,6 +20,8 @@ from corral.errors import ConflictError, CorralError, NotFoundError
 from corral.identity import BUILTIN_POLICIES, NODE_ROLE
 from corral.params import Keyring, ParameterService
 from corral.params.service import apply_policies
+from corral.server import ssm
+from corral.server.accesskeys import AccessKeys
 from corral.server.api import (
     access,
     activations,
@@ -112,7 +115,9 @@ async def build_context(config: ServerConfig) -> ServerContext:
             config.write_batch_seconds,
             config.write_retry_seconds,
         )
-        parameters = ParameterService(store, Keyring(config.key_path))
+        parameters = ParameterService(
+            store, Keyring(config.key_path), cache_seconds=config.parameter_cache_seconds
+        )
         renderer = RenderCache(store, parameters.open_version)
         dispatcher = Dispatcher(config, store, bus, writer, renderer, audit)
         await dispatcher.load()
@@ -130,7 +135,11 @@ async def build_context(config: ServerConfig) -> ServerContext:
         dispatcher=dispatcher,
         gateway=gateway,
         audit=audit,
-        auth=Authenticator(config, store),
+        auth=Authenticator(
+            config,
+            store,
+            access_keys=AccessKeys(store, parameters.keyring, config.sigv4_max_skew_seconds),
+        ),
         params=parameters,
     )
 
@@ -176,6 +185,9 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         policies = asyncio.create_task(
             _parameter_policy_loop(context), name="corral-parameter-policies"
         )
+        if config.freeze_gc_after_start:
+            gc.collect()
+            gc.freeze()
         logger.info("server started version=%s", __version__)
         try:
             yield
@@ -224,16 +236,18 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         assert isinstance(context, ServerContext)
         await context.gateway.serve(websocket)
 
+    # Routes match in this order: the hottest (parameter reads) first.
     for router in (
-        activations.router,
+        params.router,
+        commands.router,
         nodes.router,
         documents.router,
-        commands.router,
+        activations.router,
         identity.router,
         access.router,
         audit.router,
         meta.router,
-        params.router,
     ):
         app.include_router(router)
+    ssm.install(app)  # POST /: the Systems Manager wire API
     return app

@@ -42,6 +42,9 @@ class RequestAudit:
     grant_ids: list[str] = field(default_factory=list)
     error: str | None = None
     details: dict[str, object] = field(default_factory=dict)
+    # Set by a front end whose statuses differ from the native API's (the Systems
+    # Manager wire API answers access denied with HTTP 400): the outcome of an error.
+    error_outcome: str | None = None
     _seen: set[str] = field(default_factory=set)
 
     def add_resource(self, resource: str) -> None:
@@ -65,6 +68,8 @@ class RequestAudit:
         """The record for a response with HTTP `status`."""
         if status < 400:
             outcome = "allowed"
+        elif self.error_outcome is not None:
+            outcome = self.error_outcome
         elif status in (401, 403, 429):
             outcome = "denied"
         else:

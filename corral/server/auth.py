@@ -2,11 +2,11 @@
 
 Each route declares its action (`node:List`, `command:Send`, ...) with `authorize()`,
 optionally with the resource it acts on (`node:{node_id}` filled from the path). The
-dependency authenticates the caller (an API token, or a node's signed request),
-checks the action against the caller's roles and grants, and records principal,
-action and resources for the audit log. Routes that touch several resources (a
-command sent to many nodes, a filtered list) check each through the returned
-`Caller`.
+dependency authenticates the caller (an API token, a node's signed request, or a
+request signed with AWS credentials, SigV4), checks the action against the caller's
+roles and grants, and records principal, action and resources for the audit log.
+Routes that touch several resources (a command sent to many nodes, a filtered list)
+check each through the returned `Caller`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from corral.identity import (
     parse_policy,
 )
 from corral.protocol.requestsig import SCHEME, parse_authorization, request_payload
+from corral.server import sigv4
+from corral.server.accesskeys import AccessKeys
 from corral.server.auditing import RequestAudit, request_audit
 from corral.server.config import ServerConfig
 from corral.server.targets import parse_targets
@@ -47,6 +49,8 @@ from corral.store import (
     RoleRecord,
     Store,
     TokenRecord,
+    UserRecord,
+    hash_secret,
 )
 
 logger = logging.getLogger(__name__)
@@ -296,7 +300,11 @@ class Authenticator:
     throttle: AuthThrottle = field(init=False)
     nonces: NonceCache = field(init=False)
     streams: StreamRegistry = field(default_factory=StreamRegistry)
+    # AWS credentials (SigV4); None: such requests are refused.
+    access_keys: AccessKeys | None = None
     _policies: dict[str, _CachedPolicy] = field(default_factory=dict)
+    # sha256(token) -> (fresh until (monotonic), principal, token expiry)
+    _principals: dict[str, tuple[float, Principal, float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.throttle = AuthThrottle(
@@ -333,9 +341,45 @@ class Authenticator:
             out.append(PolicySource(f"grant:{grant.id}", self._statements(role), scope, grant.id))
         return tuple(out)
 
+    def invalidate(self) -> None:
+        """Forget every cached principal (after any change to users, tokens, roles, grants)."""
+        self._principals.clear()
+
     async def from_token(self, token: str, now: float) -> Principal:
-        """The user principal of an API token (AuthError when invalid)."""
+        """The user principal of an API token (AuthError when invalid).
+
+        Principals are cached for `auth_cache_seconds` under the token's hash, so a hot
+        path does not pay three queries per request. Every change made through this
+        server clears the cache at once; a change made through another replica is seen
+        within `auth_cache_seconds` (and open streams re-check on their own timer).
+        """
+        ttl = self.config.auth_cache_seconds
+        key = hash_secret(token) if ttl > 0 else ""
+        cached = self._principals.get(key) if ttl > 0 else None
+        if cached is not None:
+            fresh_until, principal, token_expires = cached
+            if (
+                time.monotonic() < fresh_until
+                and (token_expires is None or now < token_expires)
+                and all(g.expires_at is not None and now < g.expires_at for g in principal.grants)
+            ):
+                return principal
         record, user = await self.store.authenticate_token(token, now)
+        principal = await self._user_principal(record, user, now)
+        if ttl > 0:
+            if len(self._principals) >= 10_000:
+                self._principals.clear()
+            self._principals[key] = (time.monotonic() + ttl, principal, record.expires_at)
+        return principal
+
+    async def from_access_key(self, request: Request, credentials: str, now: float) -> Principal:
+        """The user principal of a SigV4-signed request (a sigv4 AuthError when invalid)."""
+        if self.access_keys is None:
+            raise sigv4.UnrecognizedClientError("this server does not accept AWS credentials")
+        record, user, _auth = await self.access_keys.authenticate(request, credentials, now)
+        return await self._user_principal(record, user, now)
+
+    async def _user_principal(self, record: TokenRecord, user: UserRecord, now: float) -> Principal:
         grants = await self.store.active_grants(user.name, now)
         return Principal(
             kind="user",
@@ -389,7 +433,11 @@ class Authenticator:
                 return await self.from_token(credentials.strip(), now)
             if hmac.compare_digest(scheme.encode(), SCHEME.encode()) and credentials.strip():
                 return await self.from_node_signature(request, credentials, now)
-            raise AuthError("a bearer token (or a node's signed request) is required")
+            if scheme == sigv4.ALGORITHM and credentials.strip():
+                return await self.from_access_key(request, credentials, now)
+            raise AuthError(
+                "a bearer token (or a node's signed request, or an AWS SigV4 signature) is required"
+            )
         except AuthError:
             self.throttle.failed(source, now)
             raise

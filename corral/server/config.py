@@ -52,6 +52,9 @@ class ServerConfig:
     presence_check_seconds: float = 10.0
     # On shutdown: how long agent connections and the dispatcher get to finish.
     shutdown_grace_seconds: float = 10.0
+    # Freeze the objects that exist once the server has started out of the garbage
+    # collector's way (set by `corral server`; tests leave their process alone).
+    freeze_gc_after_start: bool = False
     # Log level name for the server process.
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
@@ -68,14 +71,23 @@ class ServerConfig:
     auth_failure_limit: int = 20
     auth_failure_window_seconds: float = 60.0
     auth_lockout_seconds: float = 60.0
+    # An API token's principal (user, roles, grants) is reused for this long; changes
+    # made through this server apply at once, through another replica within this time.
+    auth_cache_seconds: float = 5.0
     # Open streams (sessions, follows) re-check their principal this often.
     stream_recheck_seconds: float = 5.0
     # Signed node requests: largest accepted clock difference.
     node_request_max_skew_seconds: float = 300.0
+    # Requests signed with AWS credentials (SigV4): largest accepted clock difference
+    # (AWS itself allows 15 minutes).
+    sigv4_max_skew_seconds: float = 300.0
     # Parameter Store: where key-encryption keys live (None: data_dir/keys), and how
     # often expiry and notification policies are applied.
     key_dir: Path | None = None
     parameter_policy_seconds: float = 60.0
+    # GetParameter (latest version by name) answers from memory for this long; writes
+    # through this server apply at once, through another replica within this time.
+    parameter_cache_seconds: float = 1.0
     # Just-in-time access: the shortest and longest duration a request may ask for.
     access_min_duration_seconds: float = 60.0
     access_max_duration_seconds: float = 24 * 3600.0

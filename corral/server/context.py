@@ -47,4 +47,10 @@ def get_context(request: Request) -> ServerContext:
     return context
 
 
-Ctx = Annotated[ServerContext, Depends(get_context)]
+async def _context_dependency(request: Request) -> ServerContext:
+    # Async on purpose: FastAPI runs a sync dependency in a thread pool, a costly hop
+    # on every request for what is an attribute lookup.
+    return get_context(request)
+
+
+Ctx = Annotated[ServerContext, Depends(_context_dependency)]

@@ -22,6 +22,9 @@ from corral.errors import (
 )
 from corral.server.auditing import request_audit
 
+# Routes reachable without credentials (each authenticates in its own way, or is public).
+PUBLIC_PATHS = frozenset({"/healthz", "/ca.pem", "/api/v1/register", "/"})
+
 logger = logging.getLogger(__name__)
 
 _STATUS: tuple[tuple[type[CorralError], int, str], ...] = (
@@ -77,8 +80,35 @@ async def _corral_error(request: Request, error: Exception) -> JSONResponse:
     return _respond(500, "InternalError", "internal server error", request=request)
 
 
+async def _authenticated_first(request: Request) -> JSONResponse | None:
+    """A 401/429 for a caller that is not authenticated yet, before any 400 is given.
+
+    FastAPI parses the body before a route's dependencies run, so a malformed body
+    would otherwise be answered (and not count as a failed authentication) for a
+    caller without valid credentials.
+    """
+    audit = request_audit(request)
+    if request.url.path in PUBLIC_PATHS or (audit is not None and audit.principal != "anonymous"):
+        return None
+    context = getattr(request.app.state, "context", None)
+    auth = getattr(context, "auth", None)
+    if auth is None:
+        return None
+    try:
+        principal = await auth.authenticate(request)
+    except AuthError as auth_error:
+        return await _corral_error(request, auth_error)
+    if audit is not None:
+        audit.principal = principal.label
+        audit.token_id = principal.token_id
+    return None
+
+
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    refused = await _authenticated_first(request)
+    if refused is not None:
+        return refused
     errors = error.errors()
     if not errors:
         return _respond(400, "ValidationError", "invalid request", request=request)
@@ -94,6 +124,10 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
+    if 400 <= error.status_code < 500 and error.status_code not in (401, 403, 404, 405):
+        refused = await _authenticated_first(request)
+        if refused is not None:
+            return refused
     if error.status_code == 404:
         return _respond(404, "NotFoundError", "no such route", request=request)
     if error.status_code == 405:

@@ -128,6 +128,76 @@ class IdentityRepository(RepositoryBase):
             s.add(row)
         return token, _token(row)
 
+    async def create_access_key(
+        self,
+        description: str,
+        user_id: str,
+        expires_at: float | None,
+        access_key_id: str,
+        secret_sealed: str,
+    ) -> TokenRecord:
+        """AWS credentials for a user: a token with an access key id and a sealed secret."""
+        row = m.ApiToken(
+            id=str(uuid.uuid4()),
+            token_hash=None,
+            prefix=access_key_id[:8],
+            description=description,
+            created_at=time.time(),
+            last_used_at=None,
+            expires_at=expires_at,
+            revoked=False,
+            user_id=user_id,
+            revoked_at=None,
+            access_key_id=access_key_id,
+            secret_sealed=secret_sealed,
+        )
+        async with self._tx() as s:
+            if await s.get(m.User, user_id) is None:
+                raise NotFoundError("the token's user does not exist")
+            s.add(row)
+        return _token(row)
+
+    async def access_key(
+        self, access_key_id: str, now: float | None = None
+    ) -> tuple[TokenRecord, UserRecord, str]:
+        """The token, user and sealed secret of a usable access key (AuthError otherwise).
+
+        Unlike `authenticate_token` this does not mark the key used: the caller checks
+        the signature first, then calls `mark_token_used`.
+        """
+        now = time.time() if now is None else now
+        async with self._tx() as s:
+            found = (
+                await s.execute(
+                    select(m.ApiToken, m.User)
+                    .join(m.User, m.User.id == m.ApiToken.user_id)
+                    .where(m.ApiToken.access_key_id == access_key_id)
+                )
+            ).first()
+            if found is None:
+                raise AuthError("the access key is unknown, revoked or expired")
+            row, user = found
+            if (
+                row.revoked
+                or row.secret_sealed is None
+                or (row.expires_at is not None and row.expires_at <= now)
+            ):
+                raise AuthError("the access key is unknown, revoked or expired")
+            if user.disabled:
+                raise AuthError(f"user {user.name} is disabled")
+            return _token(row), _user(user), row.secret_sealed
+
+    async def mark_token_used(self, token: TokenRecord, now: float) -> None:
+        """Record a token's use (at most once per LAST_USED_RESOLUTION_SECONDS)."""
+        if token.last_used_at is not None and now - token.last_used_at <= (
+            LAST_USED_RESOLUTION_SECONDS
+        ):
+            return
+        async with self._tx() as s:
+            await s.execute(
+                update(m.ApiToken).where(m.ApiToken.id == token.id).values(last_used_at=now)
+            )
+
     async def authenticate_token(
         self, token: str, now: float | None = None
     ) -> tuple[TokenRecord, UserRecord]:
@@ -417,6 +487,7 @@ def _token(r: m.ApiToken) -> TokenRecord:
         r.revoked,
         r.user_id,
         r.revoked_at,
+        r.access_key_id,
     )
 
 

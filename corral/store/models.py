@@ -13,11 +13,12 @@ class Base(DeclarativeBase):
 
 
 class ApiToken(Base):
-    """An API token; only its sha256 is stored."""
+    """An API token (only its sha256 is stored), or AWS credentials (secret sealed)."""
 
     __tablename__ = "api_tokens"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # None for AWS credentials, which have no bearer token.
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     prefix: Mapped[str] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
@@ -27,6 +28,12 @@ class ApiToken(Base):
     # The user the token acts for (None only for tokens from before users existed).
     user_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # AWS credentials: the access key id, and the secret access key sealed under the
+    # `aws-credentials` key-encryption key (it must be readable to check signatures).
+    access_key_id: Mapped[str | None] = mapped_column(
+        String(32), nullable=True, unique=True, index=True
+    )
+    secret_sealed: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class User(Base):

@@ -28,6 +28,10 @@ class ParameterNotFound(NotFoundError):
     """No such parameter."""
 
 
+class ParameterLabelLimit(ValidationError):
+    """A version would get more than 10 labels."""
+
+
 class ParameterVersionNotFound(NotFoundError):
     """No such version (or label) of an existing parameter."""
 
@@ -277,7 +281,7 @@ class ParameterRepository(RepositoryBase):
                 raise ParameterVersionNotFound(f"parameter {name} has no version {wanted}")
             new = [label for label in dict.fromkeys(labels) if label not in target.labels]
             if len(target.labels) + len(new) > max_labels:
-                raise ValidationError(
+                raise ParameterLabelLimit(
                     f"version {wanted} of {name} would have "
                     f"{len(target.labels) + len(new)} labels; at most {max_labels}",
                     "labels",

@@ -20,6 +20,8 @@ class TokenRecord:
     revoked: bool
     user_id: str | None = None
     revoked_at: float | None = None
+    # Set for AWS credentials (SigV4): the access key id; the secret is never in a record.
+    access_key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

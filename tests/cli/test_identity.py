@@ -260,6 +260,37 @@ def test_token_list(api: FakeApi, cli: Cli) -> None:
     assert "never" in lines[2]
 
 
+def test_token_create_aws_credentials_and_list_shows_the_access_key_id(
+    api: FakeApi, cli: Cli
+) -> None:
+    aws = {
+        **TOKEN,
+        "token_id": "t3",
+        "prefix": "CRLKABCD",
+        "access_key_id": "CRLKABCDEFGHIJKLMNOP",
+    }
+    api.on("POST", "/api/v1/tokens", 201, {**aws, "secret_access_key": "s" * 40})
+    result = cli("token", "create", "--aws-credentials", "--expires", "1d", "-o", "json")
+    assert result.exit_code == 0
+    assert result.json()["access_key_id"] == "CRLKABCDEFGHIJKLMNOP"
+    assert result.json()["secret_access_key"] == "s" * 40
+    assert api.bodies("POST", "/api/v1/tokens") == [
+        {"aws_credentials": True, "expires_seconds": 86400}
+    ]
+    human = cli("token", "create", "--aws-credentials")
+    assert "Access key ID:" in human.stdout
+    assert "s" * 40 in human.stdout
+    assert "Token:" not in human.stdout
+    assert "shown only once" in human.stderr
+    assert "AWS_ENDPOINT_URL_SSM" in human.stderr
+
+    api.on("GET", "/api/v1/tokens", body=[TOKEN, aws])
+    lines = cli("token", "list").stdout.splitlines()
+    assert "PREFIX/KEY ID" in lines[0]
+    assert TOKEN["prefix"] in lines[1]
+    assert "CRLKABCDEFGHIJKLMNOP" in lines[2]
+
+
 def test_token_list_user_and_all_conflict(api: FakeApi, cli: Cli) -> None:
     result = cli("token", "list", "--user", "bob", "--all", "-o", "json")
     assert result.exit_code == 2

@@ -95,6 +95,16 @@ class World:
         self.ok(self.admin.post("/api/v1/users", json={"name": name, "roles": roles}))
         return name
 
+    def ssm_get_decrypted(self) -> Request:
+        """A Systems Manager GetParameter call decrypting a SecureString."""
+        body = {"name": "/matrix/secret", "value": "s", "type": "SecureString", "overwrite": True}
+        self.ok(self.admin.post("/api/v1/parameters", json=body))
+        headers = {
+            "X-Amz-Target": "AmazonSSM.GetParameter",
+            "Content-Type": "application/x-amz-json-1.1",
+        }
+        return ("POST", "/", {"Name": "/matrix/secret", "WithDecryption": True}, headers)
+
     def request(self, side: str) -> str:
         """A pending access request by someone else, on `side`'s nodes."""
         body = {
@@ -111,7 +121,8 @@ class World:
         return str(self.ok(response)["request_id"])
 
 
-Request = tuple[str, str, dict[str, Any] | None]
+# (method, path, JSON body) and optionally extra headers.
+Request = tuple[str, str, dict[str, Any] | None] | tuple[str, str, dict[str, Any], dict[str, str]]
 Build = Callable[[World, str, str], Request]  # (world, side, caller user name) -> request
 
 
@@ -263,6 +274,9 @@ CASES = [
     fleet_wide("GET /keys", lambda w, s, u: ("GET", "/api/v1/keys", None), READERS),
     fleet_wide("POST /keys/{name}/rotate", lambda w, s, u: ("POST", "/api/v1/keys/default/rotate", None), ADMIN),
     fleet_wide("GET /access/requests/{id}/evidence", lambda w, s, u: ("GET", f"/api/v1/access/requests/{w.request(s)}/evidence", None), AUDIT),
+    # The Systems Manager wire API: any credential reaches it; the operation's own
+    # actions decide (decrypting needs parameter:GetDecrypted; parameters touch no node).
+    fleet_wide("POST / (ssm GetParameter, decrypted)", lambda w, s, u: w.ssm_get_decrypted(), OPERATE),
 ]
 # fmt: on
 
@@ -334,16 +348,19 @@ def test_matrix(world: World) -> None:
             expected = role in case.plain
         else:
             expected = role in (case.grant_dev if side == "dev" else case.grant_prod)
-        method, path, body = case.build(world, side, user)
+        method, path, body, *extra = case.build(world, side, user)
         response = httpx.request(
             method,
             world.server.url + path,
             json=body,
-            headers={"Authorization": f"Bearer {world.tokens[user]}"},
+            headers={
+                "Authorization": f"Bearer {world.tokens[user]}",
+                **(extra[0] if extra else {}),
+            },
             timeout=30,
         )
         checked += 1
-        allowed = response.status_code not in (401, 403)
+        allowed = response.status_code not in (401, 403) and not wire_denied(response)
         assert response.status_code < 500, (case.name, user, side, response.text)
         if allowed != expected:
             wrong.append(
@@ -351,6 +368,17 @@ def test_matrix(world: World) -> None:
             )
     assert wrong == [], "\n".join(wrong)
     assert checked == len(CASES) * len(ROLES) * 3
+
+
+def wire_denied(response: httpx.Response) -> bool:
+    """Systems Manager's API answers "denied" with HTTP 400 and an error type."""
+    if not response.headers.get("content-type", "").startswith("application/x-amz-json"):
+        return False
+    return response.json().get("__type") in (
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+    )
 
 
 def _shape(method: str, path: str) -> str:

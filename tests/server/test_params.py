@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from corral.params.service import apply_policies
-from tests.server.conftest import Api
+from tests.server.conftest import Api, fast_config, running_app
 from tests.server.test_identity import bearer, make_user
 from tests.server.test_identity import signed as node_signed
 
@@ -247,3 +251,46 @@ async def test_expiry_and_notification_policies(api: Api) -> None:
         json={"name": "/tmp/x", "value": "v", "tier": "Standard", "policies": policies},
     )
     assert standard.status_code == 400
+
+
+async def test_no_plaintext_in_the_database_or_logs(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After put, get, history, rotate and a command referencing it (SQLite and PostgreSQL)."""
+    caplog.set_level(logging.DEBUG)
+    config = fast_config(tmp_path / "data", database_url=database_url)
+    async with running_app(config) as api:
+        node_id, _key = await api.register_node({"env": "dev"})
+        await put(api, "/db/secret", SECRET, type="SecureString")
+        await put(api, "/db/secret", SECRET + "-2", type="SecureString", overwrite=True)
+        assert (await get(api, "/db/secret", decrypt=True))["value"] == SECRET + "-2"
+        await api.client.get(
+            "/api/v1/parameters/history", params={"name": "/db/secret", "decrypt": "true"}
+        )
+        await api.client.post("/api/v1/keys/default/rotate")
+        await api.client.get(
+            "/api/v1/parameters/by-path", params={"path": "/db", "decrypt": "true"}
+        )
+        sent = await api.client.post(
+            "/api/v1/commands",
+            json={
+                "document_name": "Corral-RunShellScript",
+                "targets": [node_id],
+                "parameters": {"commands": ["echo '{{ssm-secure:/db/secret}}'"]},
+            },
+        )
+        assert sent.status_code == 201, sent.text
+        assert SECRET not in sent.text
+        await api.app.state.context.audit.flush()
+        if database_url.startswith("postgresql"):
+            dump = subprocess.run(
+                ["pg_dump", "--data-only", database_url], capture_output=True, check=True
+            ).stdout
+        else:
+            dump = b"".join(p.read_bytes() for p in tmp_path.rglob("corral.db*"))
+        assert b"/db/secret" in dump  # the dump does hold the parameter...
+        assert SECRET.encode() not in dump  # ...but never its plaintext
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in caplog.text

@@ -49,6 +49,70 @@ async def test_tokens_are_stored_hashed_and_stop_on_expiry_revocation_or_disable
     assert [t.id for t in await store.list_tokens(alice.id)] == [record.id, _.id]
 
 
+async def test_access_keys_are_sealed_tokens_that_stop_like_bearer_tokens(roles: Store) -> None:
+    store = roles
+    erin = await store.create_user("erin", ["viewer"])
+    record = await store.create_access_key("boto3", erin.id, None, "CRLK" + "A" * 16, "sealed-1")
+    assert (record.access_key_id, record.prefix, record.user_id) == (
+        "CRLK" + "A" * 16,
+        "CRLKAAAA",
+        erin.id,
+    )
+    found, user, sealed = await store.access_key("CRLK" + "A" * 16)
+    assert (found.id, user.name, sealed) == (record.id, "erin", "sealed-1")
+    assert found.last_used_at is None  # looking up is not using: the signature comes first
+    await store.mark_token_used(found, 1000.0)
+    assert (await store.get_token(record.id)).last_used_at == 1000.0
+    await store.mark_token_used(await store.get_token(record.id), 1030.0)  # within a minute
+    assert (await store.get_token(record.id)).last_used_at == 1000.0
+    assert [t.access_key_id for t in await store.list_tokens(erin.id)] == ["CRLK" + "A" * 16]
+    # No bearer secret exists for it, and a second key is independent (NULL hashes coexist).
+    async with store.engine.connect() as conn:
+        hashes = (await conn.exec_driver_sql("SELECT token_hash FROM api_tokens")).all()
+    assert hashes == [(None,)]
+    other = await store.create_access_key("tf", erin.id, time.time() - 1, "CRLK" + "B" * 16, "s2")
+    with pytest.raises(ConflictError):
+        await store.create_access_key("dup", erin.id, None, "CRLK" + "A" * 16, "s3")
+    for unusable in ("CRLK" + "B" * 16, "CRLK" + "C" * 16):  # expired, unknown
+        with pytest.raises(AuthError, match="unknown, revoked or expired"):
+            await store.access_key(unusable)
+    await store.update_user("erin", disabled=True)
+    with pytest.raises(AuthError, match="user erin is disabled"):
+        await store.access_key("CRLK" + "A" * 16)
+    await store.update_user("erin", disabled=False)
+    await store.revoke_token(record.id)
+    with pytest.raises(AuthError):
+        await store.access_key("CRLK" + "A" * 16)
+    with pytest.raises(NotFoundError):
+        await store.create_access_key("x", "no-such-user", None, "CRLK" + "D" * 16, "s")
+    fresh = await store.create_access_key("x", erin.id, None, "CRLK" + "E" * 16, "s4")
+    await store.delete_user("erin")  # revokes every token, access keys included
+    assert (await store.get_token(fresh.id)).revoked
+    assert (await store.get_token(other.id)).expires_at is not None
+
+
+async def test_the_access_key_migration_goes_down_and_up(roles: Store) -> None:
+    from alembic import command
+
+    from corral.store.engine import _alembic_config
+
+    store = roles
+    frank = await store.create_user("frank", ["viewer"])
+    token, _ = await store.create_token("bearer", frank.id)
+    await store.create_access_key("aws", frank.id, None, "CRLK" + "F" * 16, "sealed")
+    async with store.engine.connect() as conn:
+        await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0003"))
+        await conn.commit()
+        # AWS credentials cannot exist without their columns; bearer tokens stay.
+        rows = (await conn.exec_driver_sql("SELECT token_hash FROM api_tokens")).all()
+        assert len(rows) == 1
+        assert rows[0][0] is not None
+        await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "head"))
+        await conn.commit()
+    assert (await store.authenticate_token(token))[1].name == "frank"
+    await store.create_access_key("aws", frank.id, None, "CRLK" + "G" * 16, "sealed")
+
+
 async def test_users_need_known_roles_and_unique_names(roles: Store) -> None:
     store = roles
     with pytest.raises(ValidationError, match="no such role: wizard"):

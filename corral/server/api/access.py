@@ -40,7 +40,7 @@ class AccessRequestCreate(RequestModel):
 
     targets: list[str] = Field(min_length=1, max_length=1000)
     role: str = Field(min_length=1, max_length=64)
-    duration_seconds: int = Field(ge=1)
+    duration_seconds: int = Field(ge=1, le=10**9)
     reason: str = Field(min_length=1, max_length=1024)
 
 
@@ -127,6 +127,7 @@ async def create_request(
         request = await context.store.decide_access_request(
             request.id, True, AUTO_APPROVER, "approved by an auto-approval rule"
         )
+        context.auth.invalidate()
         context.audit.event(
             "access:Approve",
             [resource_of(request), f"role:{request.role}"],
@@ -238,6 +239,7 @@ async def approve_request(
     request = await context.store.decide_access_request(
         request.id, True, caller.principal.label, comment
     )
+    context.auth.invalidate()
     return access_json(request)
 
 
@@ -256,6 +258,7 @@ async def deny_request(
     request = await context.store.decide_access_request(
         request.id, False, caller.principal.label, comment
     )
+    context.auth.invalidate()
     return access_json(request)
 
 
@@ -270,6 +273,7 @@ async def revoke_request(
     _link(caller, request)
     caller.require("access:Revoke", resource_of(request))
     request = await context.store.revoke_access_request(request.id, caller.principal.label)
+    context.auth.invalidate()
     ended = context.auth.streams.end_for(f"grant {request.id} was revoked", grant_id=request.id)
     caller.note(streams_ended=ended)
     return access_json(request)

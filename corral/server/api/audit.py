@@ -96,7 +96,7 @@ async def list_audit(
     action: Filter = None,
     outcome: Filter = None,
     grant_id: Filter = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, object]:
     """Newest records first; pass `next_before` back as `before` for the next page."""

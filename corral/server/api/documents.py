@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/documents", tags=["documents"])
 DOCUMENT = "document:{name}"
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
 
 BUILTIN_OWNER = "Corral"
 
@@ -47,7 +48,7 @@ class DocumentUpdate(RequestModel):
 class DefaultVersion(BaseModel):
     """Body of `PUT /api/v1/documents/{name}/default-version`."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
 
 
 def detect_format(content: str, fmt: str | None) -> str:
@@ -95,9 +96,11 @@ def parse_version(value: str | int | None, field: str) -> tuple[int | None, bool
         return None, True
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
         number = int(value)
-        if number >= 1:
+        if 1 <= number <= MAX_VERSION:
             return number, False
-    raise ValidationError("version must be a number, $LATEST or $DEFAULT", field=field)
+    raise ValidationError(
+        f"version must be a number from 1 to {MAX_VERSION}, $LATEST or $DEFAULT", field=field
+    )
 
 
 def _editable(name: str) -> None:

@@ -56,6 +56,7 @@ def token_json(token: TokenRecord, user: str | None) -> dict[str, object]:
         "token_id": token.id,
         "user": user,
         "prefix": token.prefix,
+        "access_key_id": token.access_key_id,
         "description": token.description,
         "created_at": iso(token.created_at),
         "last_used_at": iso(token.last_used_at),
@@ -146,6 +147,7 @@ async def update_user(
     if body.disabled and caller.principal.kind == "user" and caller.principal.name == name:
         raise ConflictError("you cannot disable yourself")
     user = await context.store.update_user(name, disabled=body.disabled, roles=body.roles)
+    context.auth.invalidate()
     if user.disabled:
         ended = context.auth.streams.end_for(f"user {name} was disabled", user=name)
         caller.note(streams_ended=ended)
@@ -163,6 +165,7 @@ async def delete_user(
     if caller.principal.kind == "user" and caller.principal.name == name:
         raise ConflictError("you cannot delete yourself")
     await context.store.delete_user(name)
+    context.auth.invalidate()
     caller.note(streams_ended=context.auth.streams.end_for(f"user {name} was deleted", user=name))
     return Response(status_code=204)
 
@@ -176,6 +179,8 @@ class TokenCreate(RequestModel):
     user: str | None = Field(default=None, max_length=64)
     description: str = Field(default="", max_length=256)
     expires_seconds: int | None = Field(default=None, ge=60, le=MAX_TOKEN_SECONDS)
+    # AWS credentials (access key id and secret access key, for SigV4) instead of a token.
+    aws_credentials: bool = False
 
 
 def _own_user(caller: Caller, user: str | None) -> str:
@@ -192,11 +197,20 @@ async def create_token(
     caller: Annotated[Caller, Depends(authorize("token:Create"))],
     body: TokenCreate,
 ) -> dict[str, object]:
-    """A new token for the caller (or, with the right, for another user); shown once."""
+    """A new token (or AWS credentials) for the caller or, with the right, another user.
+
+    The secret (`token`, or `secret_access_key`) is in this response only.
+    """
     name = _own_user(caller, body.user)
     caller.require("token:Create", f"user:{name}")
     user = await context.store.get_user(name)
     expires = time.time() + body.expires_seconds if body.expires_seconds else None
+    if body.aws_credentials:
+        if context.auth.access_keys is None:
+            raise ValidationError("this server does not issue AWS credentials", "aws_credentials")
+        key, token = await context.auth.access_keys.create(body.description, user.id, expires)
+        caller.note(token_id=token.id, access_key_id=token.access_key_id)
+        return {**token_json(token, user.name), "secret_access_key": key}
     secret, token = await context.store.create_token(body.description, user.id, expires)
     caller.note(token_id=token.id)
     return {**token_json(token, user.name), "token": secret}
@@ -237,6 +251,7 @@ async def revoke_token(
     )
     caller.require("token:Revoke", f"user:{owner}")
     token = await context.store.revoke_token(token.id)
+    context.auth.invalidate()
     ended = context.auth.streams.end_for("the token was revoked", token_id=token.id)
     caller.note(token_id=token.id, streams_ended=ended)
     return token_json(token, owner)
@@ -304,11 +319,11 @@ async def update_role(context: Ctx, name: str, body: RoleBody) -> dict[str, obje
     if body.name is not None and body.name != name:
         raise ValidationError("a role cannot be renamed", "name")
     policy = parse_policy(body.policy)
-    return role_json(
-        await context.store.update_role(
-            name, _description(body), policy.model_dump(exclude_none=True)
-        )
+    role = await context.store.update_role(
+        name, _description(body), policy.model_dump(exclude_none=True)
     )
+    context.auth.invalidate()
+    return role_json(role)
 
 
 @router.delete(
@@ -319,6 +334,7 @@ async def update_role(context: Ctx, name: str, body: RoleBody) -> dict[str, obje
 async def delete_role(context: Ctx, name: str) -> Response:
     """Delete a custom role no user holds."""
     await context.store.delete_role(name)
+    context.auth.invalidate()
     return Response(status_code=204)
 
 

@@ -51,7 +51,7 @@ class LabelBody(RequestModel):
     """Body of label and unlabel."""
 
     name: str = Field(min_length=1, max_length=2100)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     labels: list[str] = Field(min_length=1, max_length=10)
 
 
