@@ -48,6 +48,7 @@ from corral.protocol import (
     auth_payload,
     codec,
 )
+from corral.protocol.messages import SessionStart, SessionTerminate
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class Agent:
         self._ws: ClientConnection | None = None
         self._identity: Identity | None = None
         self._session_task: asyncio.Task[None] | None = None
+        # Interactive sessions; created on the first SessionStart (most agents never
+        # see one, and the pty code need not be loaded until then).
+        self._sessions: Any = None
 
     async def run(self) -> None:
         """Connect and serve until `stop()`; raises ValidationError if not registered."""
@@ -165,6 +169,8 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
+            if self._sessions is not None:
+                await self._sessions.close()
             await self.runner.close()
 
     async def stop(self) -> None:
@@ -219,11 +225,23 @@ class Agent:
                     if isinstance(message, ErrorMessage):
                         logger.warning("server error %s: %s", message.code, message.message)
                         continue
+                    if isinstance(message, (SessionStart, SessionTerminate)):
+                        await self._session_manager().handle(message)
+                        continue
                     await self.runner.handle(message)
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, UnavailableError):
                     await heartbeat
+
+    def _session_manager(self) -> Any:
+        if self._sessions is None:
+            from corral.agent.sessions import SessionManager
+
+            self._sessions = SessionManager(
+                lambda: self._identity, lambda: self._ssl, self.options.connect_timeout
+            )
+        return self._sessions
 
     async def _handshake(self, ws: ClientConnection, identity: Identity) -> Welcome:
         hello = codec.decode(await ws.recv(), SERVER_MESSAGES, _RECEIVE_LIMIT)

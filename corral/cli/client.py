@@ -217,8 +217,10 @@ class ApiClient:
         *,
         json: Any = None,
         params: Any = None,
+        raw: bool = False,
     ) -> Any:
-        """Send one request; return the decoded JSON body (None for 204)."""
+        """Send one request; return the decoded JSON body (None for 204), or with `raw`
+        the response itself (for non-JSON bodies such as recordings)."""
         try:
             response = self._http.request(method, path, json=json, params=params)
         except httpx.TimeoutException as exc:
@@ -242,6 +244,8 @@ class ApiClient:
             ) from exc
         if response.status_code >= 400:
             raise error_from_response(response)
+        if raw:
+            return response
         if response.status_code == 204 or not response.content:
             return None
         try:

@@ -26,6 +26,7 @@ from corral.cli import (
     output,
     params,
     roles,
+    sessions,
     tokens,
     users,
 )
@@ -60,6 +61,7 @@ app.add_typer(roles.app, name="role")
 app.command("whoami")(whoami)
 app.add_typer(audit.app, name="audit")
 app.add_typer(access.app, name="access")
+app.add_typer(sessions.app, name="session")
 app.add_typer(params.app, name="param")
 app.add_typer(keys.app, name="key")
 

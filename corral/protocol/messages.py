@@ -199,6 +199,32 @@ class Result(Message):
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStart(Message):
+    """Open an interactive session: connect to the server's session endpoint for it."""
+
+    TYPE: ClassVar[str] = "session_start"
+    session_id: str
+    kind: str = "shell"
+    # The account the shell runs as (None: the agent's configured default).
+    user: str | None = None
+    # Run this instead of an interactive login shell.
+    command: str | None = None
+    cols: int = 80
+    rows: int = 24
+    idle_timeout_seconds: float | None = 1200.0
+    max_duration_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTerminate(Message):
+    """End a session now (the operator or an administrator terminated it)."""
+
+    TYPE: ClassVar[str] = "session_terminate"
+    session_id: str
+    reason: str = ""
+
+
 SERVER_MESSAGES: tuple[type[Message], ...] = (
     Hello,
     Welcome,
@@ -207,6 +233,8 @@ SERVER_MESSAGES: tuple[type[Message], ...] = (
     OutputRewind,
     ResultAck,
     ErrorMessage,
+    SessionStart,
+    SessionTerminate,
 )
 AGENT_MESSAGES: tuple[type[Message], ...] = (
     Auth,

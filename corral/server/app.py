@@ -32,6 +32,7 @@ from corral.server.api import (
     meta,
     nodes,
     params,
+    sessions,
 )
 from corral.server.auditing import AuditMiddleware
 from corral.server.auth import Authenticator, stream_recheck_loop
@@ -41,6 +42,7 @@ from corral.server.dispatcher import Dispatcher
 from corral.server.errors import install_error_handlers
 from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
+from corral.server.sessions import SessionHub
 from corral.server.tls import ServerTls
 from corral.server.writer import ChangeWriter
 from corral.store import Store, sqlite_url
@@ -141,6 +143,7 @@ async def build_context(config: ServerConfig) -> ServerContext:
             access_keys=AccessKeys(store, parameters.keyring, config.sigv4_max_skew_seconds),
         ),
         params=parameters,
+        sessions=SessionHub(config, store, blobs, bus, audit),
     )
 
 
@@ -175,6 +178,9 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         context.tls = tls
         app.state.context = context
         await context.audit.start()
+        stale = await context.store.fail_stale_sessions("the server restarted")
+        if stale:
+            logger.warning("sessions left active by the previous run ended count=%d", stale)
         context.writer.start()
         context.dispatcher.start()
         presence = asyncio.create_task(_presence_loop(context), name="corral-presence")
@@ -193,6 +199,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
             yield
         finally:
             grace = config.shutdown_grace_seconds
+            await context.sessions.close_all()
             closed = await context.gateway.close_all(grace)
             for task in (presence, recheck, policies):
                 task.cancel()
@@ -229,6 +236,9 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
             raise NotFoundError("this server does not serve TLS, so it has no CA certificate")
         return Response(tls.ca_pem, media_type="application/x-pem-file")
 
+    app.add_api_websocket_route("/api/v1/sessions/{session_id}/stream", sessions.operator_stream)
+    app.add_api_websocket_route("/agent/v1/sessions/{session_id}", sessions.agent_stream)
+
     @app.websocket("/agent/v1/connect")
     async def agent_connect(websocket: WebSocket) -> None:
         """The agent channel."""
@@ -247,6 +257,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         access.router,
         audit.router,
         meta.router,
+        sessions.router,
     ):
         app.include_router(router)
     ssm.install(app)  # POST /: the Systems Manager wire API

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from corral.audit.log import AuditLog, now_us
 from corral.errors import AccessDeniedError, AuthError, NotFoundError, RateLimitedError
@@ -392,9 +393,18 @@ class Authenticator:
         )
 
     async def from_node_signature(
-        self, request: Request, credentials: str, now: float
+        self,
+        request: HTTPConnection,
+        credentials: str,
+        now: float,
+        method: str | None = None,
+        body: bytes | None = None,
     ) -> Principal:
-        """The node principal of a signed request (AuthError when invalid or replayed)."""
+        """The node principal of a signed request (AuthError when invalid or replayed).
+
+        `method`/`body` are given for a WebSocket upgrade (GET, no body); a plain
+        request supplies its own.
+        """
         signed = parse_authorization(credentials)
         if abs(now - signed.ts) > self.config.node_request_max_skew_seconds:
             raise AuthError("the signed request's timestamp is too far from the server's clock")
@@ -403,8 +413,11 @@ class Authenticator:
         except NotFoundError:
             raise AuthError("the node is unknown or deregistered") from None
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        body = await request.body()
-        payload = request_payload(request.method, target, signed.ts, signed.nonce, body)
+        if body is None:
+            assert isinstance(request, Request)
+            body = await request.body()
+        verb = method if method is not None else str(request.scope.get("method", "GET"))
+        payload = request_payload(verb, target, signed.ts, signed.nonce, body)
         from corral.server.gateway import verify_signature
 
         if not verify_signature(node.public_key, payload, signed.signature):
@@ -438,6 +451,25 @@ class Authenticator:
             raise AuthError(
                 "a bearer token (or a node's signed request, or an AWS SigV4 signature) is required"
             )
+        except AuthError:
+            self.throttle.failed(source, now)
+            raise
+
+    async def authenticate_websocket(self, connection: HTTPConnection) -> Principal:
+        """Authenticate a WebSocket upgrade: a bearer token or a node's signed GET."""
+        now = time.time()
+        source = connection.client.host if connection.client else "unknown"
+        self.throttle.check(source, now)
+        header = connection.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        try:
+            if scheme.lower() == "bearer" and credentials.strip():
+                return await self.from_token(credentials.strip(), now)
+            if hmac.compare_digest(scheme.encode(), SCHEME.encode()) and credentials.strip():
+                return await self.from_node_signature(
+                    connection, credentials, now, method="GET", body=b""
+                )
+            raise AuthError("a bearer token (or a node's signed request) is required")
         except AuthError:
             self.throttle.failed(source, now)
             raise

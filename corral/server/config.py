@@ -88,6 +88,14 @@ class ServerConfig:
     # GetParameter (latest version by name) answers from memory for this long; writes
     # through this server apply at once, through another replica within this time.
     parameter_cache_seconds: float = 1.0
+    # Sessions: the node and the operator must both connect within this time; the shell
+    # ends after this long without input or output, or after the maximum (None: none).
+    session_connect_timeout_seconds: float = 30.0
+    session_idle_timeout_seconds: float | None = 1200.0
+    session_max_duration_seconds: float | None = None
+    # Largest data frame on a session stream, and whether keystrokes are recorded too.
+    session_max_frame_bytes: int = 64 * 1024
+    session_record_input: bool = False
     # Just-in-time access: the shortest and longest duration a request may ask for.
     access_min_duration_seconds: float = 60.0
     access_max_duration_seconds: float = 24 * 3600.0

@@ -16,6 +16,7 @@ from corral.server.config import ServerConfig
 from corral.server.dispatcher import Dispatcher
 from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
+from corral.server.sessions import SessionHub
 from corral.server.tls import ServerTls
 from corral.server.writer import ChangeWriter
 from corral.store import Store
@@ -36,6 +37,7 @@ class ServerContext:
     audit: AuditLog
     auth: Authenticator
     params: ParameterService
+    sessions: SessionHub
     # What the server serves over TLS (None: plain HTTP); agents pin its CA.
     tls: ServerTls | None = None
 

@@ -274,3 +274,26 @@ class ParameterVersion(Base):
     policies: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     last_modified: Mapped[float] = mapped_column(Float)
     last_modified_by: Mapped[str] = mapped_column(String(96))
+
+
+class Session(Base):
+    """An interactive shell (or, later, forward/proxy) session through a node's agent."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_node_status", "node_id", "status"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(96), index=True)
+    os_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    command: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    recording_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -404,3 +404,30 @@ class ParameterWrite:
     notify_at: float | None
     by: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session and what became of it."""
+
+    id: str
+    node_id: str
+    kind: str
+    owner: str
+    os_user: str | None
+    command: str | None
+    status: str  # Pending, Connected, Terminated, Failed
+    reason: str
+    exit_code: int | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    bytes_in: int
+    bytes_out: int
+    recording_key: str | None
+    grant_id: str | None
+
+    @property
+    def active(self) -> bool:
+        """Pending or Connected."""
+        return self.status in ("Pending", "Connected")

@@ -35,6 +35,7 @@ from corral.store.records import (
     NodeRecord,
     initial_invocations,
 )
+from corral.store.sessions import SessionRepository
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def new_node_id() -> str:
     return "mi-" + secrets.token_hex(9)[:17]
 
 
-class Store(IdentityRepository, AuditRepository, ParameterRepository):
+class Store(IdentityRepository, AuditRepository, ParameterRepository, SessionRepository):
     """Repository over the Corral database (SQLite or PostgreSQL)."""
 
     @classmethod

@@ -273,6 +273,14 @@ CASES = [
     fleet_wide("POST /keys", lambda w, s, u: ("POST", "/api/v1/keys", {"name": "k" + uuid.uuid4().hex[:8]}), ADMIN),
     fleet_wide("GET /keys", lambda w, s, u: ("GET", "/api/v1/keys", None), READERS),
     fleet_wide("POST /keys/{name}/rotate", lambda w, s, u: ("POST", "/api/v1/keys/default/rotate", None), ADMIN),
+    # Sessions need a connected node; this world's nodes are offline, so starting one is a
+    # 409 after the policy check, and the id-based routes meet a session that does not
+    # exist (404 after the route's coarse check). tests/e2e/test_sessions.py covers the rest.
+    node_scoped("POST /sessions", lambda w, s, u: ("POST", "/api/v1/sessions", {"node_id": w.nodes[s]}), OPERATE),
+    listing("GET /sessions", lambda w, s, u: ("GET", "/api/v1/sessions", None), READERS),
+    listing("GET /sessions/{id}", lambda w, s, u: ("GET", "/api/v1/sessions/ses-00000000000000000", None), READERS),
+    listing("GET /sessions/{id}/recording", lambda w, s, u: ("GET", "/api/v1/sessions/ses-00000000000000000/recording", None), READERS),
+    listing("POST /sessions/{id}/terminate", lambda w, s, u: ("POST", "/api/v1/sessions/ses-00000000000000000/terminate", None), OPERATE),
     fleet_wide("GET /access/requests/{id}/evidence", lambda w, s, u: ("GET", f"/api/v1/access/requests/{w.request(s)}/evidence", None), AUDIT),
     # The Systems Manager wire API: any credential reaches it; the operation's own
     # actions decide (decrypting needs parameter:GetDecrypted; parameters touch no node).

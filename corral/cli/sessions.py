@@ -1,0 +1,248 @@
+"""`corral session ...`: interactive shells on nodes, their records and recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import ssl
+import sys
+import termios
+import time
+import tty
+import urllib.parse
+from typing import Annotated, Any
+
+import typer
+
+from corral.cli import output
+from corral.cli.client import (
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    CliError,
+    Connection,
+    ca_file_context,
+    resolve_connection,
+)
+from corral.cli.state import app_state
+from corral.protocol import streams
+from corral.sessions.asciicast import replay as replay_recording
+
+app = typer.Typer(help="Interactive shells on nodes, recorded and audited.", no_args_is_help=True)
+
+INPUT, OUTPUT = 0, 1
+_COLUMNS = ["SESSION", "NODE", "OWNER", "USER", "STATUS", "STARTED", "ENDED", "EXIT"]
+
+
+def _row(s: dict[str, Any]) -> list[str]:
+    return [
+        str(s.get("session_id")),
+        str(s.get("node_id")),
+        str(s.get("owner")),
+        output.text_or_dash(s.get("user")),
+        str(s.get("status")),
+        output.format_time(s.get("started_at") or s.get("created_at")),
+        output.format_time(s.get("ended_at")),
+        output.text_or_dash(s.get("exit_code")),
+    ]
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node id (mi-...).")],
+    user: Annotated[
+        str | None, typer.Option("--user", help="Account to run as (policy: osuser:NAME).")
+    ] = None,
+    command: Annotated[
+        str | None, typer.Option("--command", help="Run this instead of a login shell.")
+    ] = None,
+) -> None:
+    """Open an interactive shell on NODE in this terminal; exits with the shell's status."""
+    state = app_state(ctx)
+    cols, rows = shutil.get_terminal_size((80, 24))
+    with state.client() as client:
+        session = client.post(
+            "/api/v1/sessions",
+            {"node_id": node, "user": user, "command": command, "cols": cols, "rows": rows},
+        )
+    connection = resolve_connection(state.server, state.token, state.ca_file)
+    code = asyncio.run(_attach(connection, str(session["session_id"])))
+    raise typer.Exit(code)
+
+
+def _ws_url(connection: Connection, session_id: str) -> str:
+    parts = urllib.parse.urlsplit(connection.server)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    path = parts.path.rstrip("/") + f"/api/v1/sessions/{session_id}/stream"
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+async def _attach(connection: Connection, session_id: str) -> int:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    extra: dict[str, Any] = {}
+    if connection.server.startswith("https"):
+        extra["ssl"] = (
+            ca_file_context(connection.ca_file)
+            if connection.ca_file
+            else ssl.create_default_context()
+        )
+    headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
+    try:
+        async with connect(
+            _ws_url(connection, session_id),
+            additional_headers=headers,
+            max_size=2 * streams.DEFAULT_MAX_PAYLOAD,
+            open_timeout=30,
+            **extra,
+        ) as ws:
+            return await _terminal(ws)
+    except InvalidStatus as error:
+        raise CliError(
+            f"the server refused the session stream (HTTP {error.response.status_code})",
+            exit_code=EXIT_FAILED,
+        ) from None
+    except (OSError, ConnectionClosed) as error:
+        raise CliError(f"session connection failed: {error}", exit_code=EXIT_UNAVAILABLE) from None
+
+
+async def _terminal(ws: Any) -> int:
+    """Raw mode in, output out, resizes across; returns the remote exit status."""
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if interactive else None
+    offset = 0
+    pending: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
+    resizes: set[asyncio.Task[None]] = set()
+
+    def on_input() -> None:
+        try:
+            data = os.read(stdin, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(stdin)
+        with contextlib.suppress(asyncio.QueueFull):
+            pending.put_nowait(data)
+
+    async def send_input() -> None:
+        nonlocal offset
+        while True:
+            data = await pending.get()
+            if not data:
+                return  # local stdin closed: leave the shell to end by itself
+            await ws.send(streams.encode(streams.DataFrame(INPUT, offset, data)))
+            offset += len(data)
+
+    def on_resize() -> None:
+        cols, rows = shutil.get_terminal_size((80, 24))
+        frame = streams.ResizeFrame(max(1, cols), max(1, rows))
+        task = loop.create_task(ws.send(streams.encode(frame)))
+        resizes.add(task)
+        task.add_done_callback(resizes.discard)
+
+    if interactive:
+        assert saved is not None
+        tty.setraw(stdin, termios.TCSADRAIN)  # TCSAFLUSH would drop typeahead
+    loop.add_reader(stdin, on_input)
+    with contextlib.suppress(ValueError, RuntimeError):
+        loop.add_signal_handler(signal.SIGWINCH, on_resize)
+    sender = asyncio.create_task(send_input())
+    code = 1
+    out = sys.stdout.buffer
+    receiver = streams.StreamReceiver(OUTPUT)
+    try:
+        async for raw in ws:
+            if not isinstance(raw, bytes):
+                continue
+            frame = streams.decode(raw)
+            if isinstance(frame, streams.DataFrame) and frame.stream == OUTPUT:
+                data = receiver.on_data(frame.offset, frame.payload)
+                out.write(data)
+                out.flush()
+            elif isinstance(frame, streams.ExitFrame):
+                code = frame.code if 0 <= frame.code <= 255 else 1
+                if frame.reason and not frame.reason.startswith("the shell exited with status"):
+                    sys.stderr.write(f"\r\n[session ended: {frame.reason}]\r\n")
+                break
+    finally:
+        sender.cancel()
+        with contextlib.suppress(Exception):
+            loop.remove_reader(stdin)
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGWINCH)
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+    return code
+
+
+@app.command("list")
+def list_sessions(
+    ctx: typer.Context,
+    active: Annotated[bool, typer.Option("--active", help="Only sessions still open.")] = False,
+    node: Annotated[str | None, typer.Option("--node", help="Only this node's.")] = None,
+) -> None:
+    """Sessions, newest first."""
+    state = app_state(ctx)
+    params: dict[str, str] = {"active": str(active).lower()}
+    if node:
+        params["node_id"] = node
+    with state.client() as client:
+        found = client.get("/api/v1/sessions", params=params)
+    if state.json_output:
+        output.emit_json(found)
+        return
+    output.print_table(_COLUMNS, [_row(s) for s in found])
+
+
+@app.command("show")
+def show(ctx: typer.Context, session_id: Annotated[str, typer.Argument()]) -> None:
+    """One session: who, where, as whom, how it ended, bytes each way, its recording."""
+    state = app_state(ctx)
+    with state.client() as client:
+        found = client.get(f"/api/v1/sessions/{session_id}")
+    if state.json_output:
+        output.emit_json(found)
+        return
+    output.print_table(_COLUMNS, [_row(found)])
+    if found.get("reason"):
+        output.note(f"Reason: {found['reason']}")
+
+
+@app.command("terminate")
+def terminate(ctx: typer.Context, session_id: Annotated[str, typer.Argument()]) -> None:
+    """End a session now."""
+    state = app_state(ctx)
+    with state.client() as client:
+        found = client.post(f"/api/v1/sessions/{session_id}/terminate")
+    if state.json_output:
+        output.emit_json(found)
+        return
+    output.note(f"Session {session_id}: {found.get('status')} ({found.get('reason')})")
+
+
+@app.command("replay")
+def replay(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument()],
+    speed: Annotated[float, typer.Option("--speed", min=0.01, help="Playback speed.")] = 1.0,
+    idle_limit: Annotated[
+        float | None, typer.Option("--idle-limit", help="Longest pause shown, in seconds.")
+    ] = 2.0,
+) -> None:
+    """Play a session's recording in this terminal (asciicast v2; `asciinema play` works too)."""
+    state = app_state(ctx)
+    with state.client() as client:
+        response = client.request("GET", f"/api/v1/sessions/{session_id}/recording", raw=True)
+    text = response.content.decode("utf-8", "replace")
+
+    def write(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    replay_recording(text, write, time.sleep, speed=speed, idle_time_limit=idle_limit)

@@ -1,0 +1,38 @@
+"""The sessions API in-process: policy on the node and on the account, offline nodes."""
+
+from __future__ import annotations
+
+from tests.server.conftest import Api
+from tests.server.test_identity import bearer, make_user
+
+NO_ROOT = {
+    "statements": [
+        {"effect": "allow", "actions": ["session:*"], "resources": ["*"]},
+        {"effect": "deny", "actions": ["session:Start"], "resources": ["osuser:root"]},
+    ]
+}
+
+
+async def test_starting_needs_the_node_and_the_account_and_an_online_node(api: Api) -> None:
+    node_id, _key = await api.register_node({"env": "dev"})
+    offline = await api.client.post("/api/v1/sessions", json={"node_id": node_id})
+    assert offline.status_code == 409
+    assert "not connected" in offline.json()["error"]["message"]
+    viewer = await make_user(api, "vera", "viewer")
+    denied = await api.client.post(
+        "/api/v1/sessions", json={"node_id": node_id}, headers=bearer(viewer)
+    )
+    assert denied.status_code == 403
+    assert "session:Start" in denied.json()["error"]["message"]
+    await api.client.post("/api/v1/roles", json={"name": "no-root", "policy": NO_ROOT})
+    careful = await make_user(api, "cara", "no-root")
+    as_root = await api.client.post(
+        "/api/v1/sessions", json={"node_id": node_id, "user": "root"}, headers=bearer(careful)
+    )
+    assert as_root.status_code == 403
+    assert "osuser:root" in as_root.json()["error"]["message"]
+    bad_user = await api.client.post("/api/v1/sessions", json={"node_id": node_id, "user": "Ro ot"})
+    assert bad_user.status_code == 400
+    assert (await api.client.get("/api/v1/sessions")).json() == []
+    missing = await api.client.get("/api/v1/sessions/ses-00000000000000000")
+    assert missing.status_code == 404
