@@ -224,6 +224,20 @@ async def get_request(
     return access_json(await _readable(context, caller, request_id))
 
 
+async def _decide(
+    context: ServerContext, caller: Caller, request_id: str, approve: bool, body: Decision | None
+) -> dict[str, object]:
+    request = await context.store.get_access_request(request_id[:64])
+    _link(caller, request)
+    await _may_decide(context, caller, request)
+    comment = body.comment if body is not None else ""
+    request = await context.store.decide_access_request(
+        request.id, approve, caller.principal.label, comment
+    )
+    context.auth.invalidate()
+    return access_json(request)
+
+
 @router.post("/{request_id}/approve")
 async def approve_request(
     context: Ctx,
@@ -232,15 +246,7 @@ async def approve_request(
     body: Decision | None = None,
 ) -> dict[str, object]:
     """Approve a pending request: the grant starts now and ends after its duration."""
-    request = await context.store.get_access_request(request_id[:64])
-    _link(caller, request)
-    await _may_decide(context, caller, request)
-    comment = body.comment if body is not None else ""
-    request = await context.store.decide_access_request(
-        request.id, True, caller.principal.label, comment
-    )
-    context.auth.invalidate()
-    return access_json(request)
+    return await _decide(context, caller, request_id, True, body)
 
 
 @router.post("/{request_id}/deny")
@@ -251,15 +257,7 @@ async def deny_request(
     body: Decision | None = None,
 ) -> dict[str, object]:
     """Deny a pending request."""
-    request = await context.store.get_access_request(request_id[:64])
-    _link(caller, request)
-    await _may_decide(context, caller, request)
-    comment = body.comment if body is not None else ""
-    request = await context.store.decide_access_request(
-        request.id, False, caller.principal.label, comment
-    )
-    context.auth.invalidate()
-    return access_json(request)
+    return await _decide(context, caller, request_id, False, body)
 
 
 @router.post("/{request_id}/revoke")
