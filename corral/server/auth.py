@@ -42,6 +42,7 @@ from corral.server import sigv4
 from corral.server.accesskeys import AccessKeys
 from corral.server.auditing import RequestAudit, request_audit
 from corral.server.config import ServerConfig
+from corral.server.gateway import verify_signature
 from corral.server.targets import parse_targets
 from corral.store import (
     AccessRequestRecord,
@@ -418,8 +419,6 @@ class Authenticator:
             body = await request.body()
         verb = method if method is not None else str(request.scope.get("method", "GET"))
         payload = request_payload(verb, target, signed.ts, signed.nonce, body)
-        from corral.server.gateway import verify_signature
-
         if not verify_signature(node.public_key, payload, signed.signature):
             raise AuthError("the request's signature does not match the node's key")
         if not self.nonces.add(f"{signed.node_id}:{signed.nonce}", now):
