@@ -48,7 +48,7 @@ from corral.protocol import (
     auth_payload,
     codec,
 )
-from corral.protocol.messages import SessionStart, SessionTerminate
+from corral.protocol.messages import SessionStart, SessionTerminate, TransferStart
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class Agent:
         # Interactive sessions; created on the first SessionStart (most agents never
         # see one, and the pty code need not be loaded until then).
         self._sessions: Any = None
+        # File transfers (`corral cp`); created on the first TransferStart.
+        self._transfers: Any = None
 
     async def run(self) -> None:
         """Connect and serve until `stop()`; raises ValidationError if not registered."""
@@ -171,6 +173,8 @@ class Agent:
         finally:
             if self._sessions is not None:
                 await self._sessions.close()
+            if self._transfers is not None:
+                await self._transfers.close()
             await self.runner.close()
 
     async def stop(self) -> None:
@@ -228,6 +232,9 @@ class Agent:
                     if isinstance(message, (SessionStart, SessionTerminate)):
                         await self._session_manager().handle(message)
                         continue
+                    if isinstance(message, TransferStart):
+                        await self._transfer_manager().handle(message)
+                        continue
                     await self.runner.handle(message)
             finally:
                 heartbeat.cancel()
@@ -242,6 +249,15 @@ class Agent:
                 lambda: self._identity, lambda: self._ssl, self.options.connect_timeout
             )
         return self._sessions
+
+    def _transfer_manager(self) -> Any:
+        if self._transfers is None:
+            from corral.agent.transfer import TransferManager
+
+            self._transfers = TransferManager(
+                lambda: self._identity, lambda: self._ssl, self.options.connect_timeout
+            )
+        return self._transfers
 
     async def _handshake(self, ws: ClientConnection, identity: Identity) -> Welcome:
         hello = codec.decode(await ws.recv(), SERVER_MESSAGES, _RECEIVE_LIMIT)

@@ -1,4 +1,4 @@
-"""The agent's side of interactive sessions: a pty shell joined to the server.
+"""The agent's side of sessions: a pty shell (or a port forward) joined to the server.
 
 On `SessionStart` (over the control channel) the agent opens a second outbound
 WebSocket, `/agent/v1/sessions/{id}`, proving it is the node with a signed upgrade
@@ -7,7 +7,9 @@ request (the same CorralNode signature as its API calls), starts a shell on a pt
 frames: the shell's output as DATA on stream 1, keystrokes arriving as DATA on
 stream 0, RESIZE to the pty, and EXIT with the shell's status when it ends. The
 pty is read only as fast as the WebSocket accepts what was read, so a flood of
-output is throttled by the kernel's pty buffer, not queued in memory here.
+output is throttled by the kernel's pty buffer, not queued in memory here. A port
+session (`kind` "port") joins the same way and is then served by
+`corral.agent.port_forward`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from corral.agent.identity import Identity
+from corral.agent.port_forward import PortForward
 from corral.agent.pty_session import PtySession, SessionLimits, default_session_user
 from corral.errors import CorralError, ProtocolError
 from corral.protocol import streams
@@ -128,6 +131,23 @@ class SessionManager:
         async def send(frame: streams.Frame) -> None:
             await ws.send(streams.encode(frame))
 
+        if start.kind == "port" and start.host is not None and start.port is not None:
+            logger.info(
+                "port session started session_id=%s target=%s:%d",
+                start.session_id,
+                start.host,
+                start.port,
+            )
+            await PortForward(start, self._connect_timeout).run(ws)
+            logger.info("port session ended session_id=%s", start.session_id)
+            return
+        if start.kind != "shell":
+            logger.warning(
+                "refusing session_id=%s: unknown kind %r", start.session_id, start.kind[:20]
+            )
+            reason = f"this agent does not run {start.kind[:20]!r} sessions"
+            await send(streams.ExitFrame(-1, streams.safe_reason(reason)))
+            return
         try:
             user = start.user or default_session_user(
                 self._default_user or os.environ.get(SESSION_USER_ENV)

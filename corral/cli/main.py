@@ -31,6 +31,7 @@ from corral.cli import (
     users,
 )
 from corral.cli.client import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from corral.cli.cp import cp
 from corral.cli.login import login
 from corral.cli.run import run
 from corral.cli.server import server
@@ -62,6 +63,7 @@ app.command("whoami")(whoami)
 app.add_typer(audit.app, name="audit")
 app.add_typer(access.app, name="access")
 app.add_typer(sessions.app, name="session")
+app.command("cp")(cp)
 app.add_typer(params.app, name="param")
 app.add_typer(keys.app, name="key")
 

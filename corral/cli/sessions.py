@@ -1,4 +1,4 @@
-"""`corral session ...`: interactive shells on nodes, their records and recordings."""
+"""`corral session ...`: shells and port forwards on nodes, their records and recordings."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import termios
 import time
 import tty
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import typer
 
-from corral.cli import output
+from corral.cli import forwarding, output
 from corral.cli.client import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -29,19 +30,24 @@ from corral.cli.client import (
 from corral.cli.state import app_state
 from corral.protocol import streams
 from corral.sessions.asciicast import replay as replay_recording
+from corral.sessions.tunnel import DEFAULT_HOST
 
-app = typer.Typer(help="Interactive shells on nodes, recorded and audited.", no_args_is_help=True)
+app = typer.Typer(
+    help="Shells and port forwards on nodes, recorded and audited.", no_args_is_help=True
+)
 
 INPUT, OUTPUT = 0, 1
-_COLUMNS = ["SESSION", "NODE", "OWNER", "USER", "STATUS", "STARTED", "ENDED", "EXIT"]
+_COLUMNS = ["SESSION", "NODE", "OWNER", "USER", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT"]
 
 
 def _row(s: dict[str, Any]) -> list[str]:
+    target = f"{s['target_host']}:{s['target_port']}" if s.get("target_port") else None
     return [
         str(s.get("session_id")),
         str(s.get("node_id")),
         str(s.get("owner")),
         output.text_or_dash(s.get("user")),
+        output.text_or_dash(target),
         str(s.get("status")),
         output.format_time(s.get("started_at") or s.get("created_at")),
         output.format_time(s.get("ended_at")),
@@ -69,7 +75,85 @@ def start(
             {"node_id": node, "user": user, "command": command, "cols": cols, "rows": rows},
         )
     connection = resolve_connection(state.server, state.token, state.ca_file)
-    code = asyncio.run(_attach(connection, str(session["session_id"])))
+    code = asyncio.run(_run_stream(connection, str(session["session_id"]), _terminal))
+    raise typer.Exit(code)
+
+
+@app.command("forward")
+def forward(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node id (mi-...).")],
+    remote_port: Annotated[
+        int, typer.Option("--remote-port", min=1, max=65535, help="Port to reach from the node.")
+    ],
+    remote_host: Annotated[
+        str, typer.Option("--remote-host", help="Host to reach from the node (default: itself).")
+    ] = DEFAULT_HOST,
+    local_port: Annotated[
+        int, typer.Option("--local-port", min=0, max=65535, help="Local port (0: any free one).")
+    ] = 0,
+    bind: Annotated[str, typer.Option("--bind", help="Local address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Forward a local port to REMOTE_HOST:REMOTE_PORT as seen from NODE, until Ctrl-C."""
+    state = app_state(ctx)
+    listener = forwarding.listen(bind, local_port)
+    host, port = listener.getsockname()[:2]
+    with listener:
+        with state.client() as client:
+            session = client.post(
+                "/api/v1/sessions",
+                {"node_id": node, "kind": "port", "host": remote_host, "port": remote_port},
+            )
+        target = forwarding.Target(node, str(session["session_id"]), remote_host, remote_port)
+
+        def announce() -> None:
+            if not forwarding.is_loopback(bind):
+                output.note(f"warning: other machines can use this forward through {bind}")
+            output.note(
+                f"Forwarding {host}:{port} -> {remote_host}:{remote_port} on {node}"
+                f" (session {target.session_id}); Ctrl-C to stop."
+            )
+            if state.json_output:
+                output.emit_json(
+                    {
+                        "session_id": target.session_id,
+                        "node_id": node,
+                        "local_host": host,
+                        "local_port": port,
+                        "remote_host": remote_host,
+                        "remote_port": remote_port,
+                    }
+                )
+
+        connection = resolve_connection(state.server, state.token, state.ca_file)
+        code = asyncio.run(
+            _run_stream(
+                connection,
+                target.session_id,
+                lambda ws: forwarding.serve_forward(ws, listener, target, announce),
+            )
+        )
+    raise typer.Exit(code)
+
+
+@app.command("proxy")
+def proxy(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node id (mi-...), `%h` in ssh's ProxyCommand.")],
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on the node.")] = 22,
+) -> None:
+    """Pipe stdin/stdout to PORT on NODE: ssh -o ProxyCommand='corral session proxy %h'."""
+    state = app_state(ctx)
+    with state.client() as client:
+        session = client.post(
+            "/api/v1/sessions",
+            {"node_id": node, "kind": "port", "host": DEFAULT_HOST, "port": port},
+        )
+    target = forwarding.Target(node, str(session["session_id"]), DEFAULT_HOST, port)
+    connection = resolve_connection(state.server, state.token, state.ca_file)
+    code = asyncio.run(
+        _run_stream(connection, target.session_id, lambda ws: forwarding.serve_proxy(ws, target))
+    )
     raise typer.Exit(code)
 
 
@@ -80,7 +164,10 @@ def _ws_url(connection: Connection, session_id: str) -> str:
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-async def _attach(connection: Connection, session_id: str) -> int:
+async def _run_stream(
+    connection: Connection, session_id: str, serve: Callable[[Any], Awaitable[int]]
+) -> int:
+    """Connect the session's stream and run `serve` on it; returns its exit code."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -100,7 +187,7 @@ async def _attach(connection: Connection, session_id: str) -> int:
             open_timeout=30,
             **extra,
         ) as ws:
-            return await _terminal(ws)
+            return await serve(ws)
     except InvalidStatus as error:
         raise CliError(
             f"the server refused the session stream (HTTP {error.response.status_code})",
@@ -212,6 +299,12 @@ def show(ctx: typer.Context, session_id: Annotated[str, typer.Argument()]) -> No
     output.print_table(_COLUMNS, [_row(found)])
     if found.get("reason"):
         output.note(f"Reason: {found['reason']}")
+    if found.get("kind") == "port":
+        output.note(
+            f"Connections: {found.get('connections')}; bytes in {found.get('bytes_in')},"
+            f" out {found.get('bytes_out')} (per connection: corral audit list"
+            " --action session:Connection)"
+        )
 
 
 @app.command("terminate")

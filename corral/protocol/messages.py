@@ -201,7 +201,11 @@ class Result(Message):
 
 @dataclass(frozen=True, slots=True)
 class SessionStart(Message):
-    """Open an interactive session: connect to the server's session endpoint for it."""
+    """Open a session: connect to the server's session endpoint for it.
+
+    `kind` "shell" runs a shell on a pty; "port" carries TCP connections, each to
+    `host`:`port` (the only target the session was authorised for).
+    """
 
     TYPE: ClassVar[str] = "session_start"
     session_id: str
@@ -214,6 +218,9 @@ class SessionStart(Message):
     rows: int = 24
     idle_timeout_seconds: float | None = 1200.0
     max_duration_seconds: float | None = None
+    # Port forwards only: the target every OPEN of the session must name.
+    host: str | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +230,25 @@ class SessionTerminate(Message):
     TYPE: ClassVar[str] = "session_terminate"
     session_id: str
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStart(Message):
+    """Copy files: open the transfer WebSocket for it (see corral/protocol/transfer.py).
+
+    `direction` "upload" writes to `path` on the node, "download" reads it; `path` is
+    absolute and normalised, and was checked against policy by the server.
+    """
+
+    TYPE: ClassVar[str] = "transfer_start"
+    transfer_id: str
+    direction: str
+    path: str
+    recursive: bool = False
+    # Uploads only: "file" or "directory", and the source's name (a destination that
+    # is an existing directory receives the source under this name, as with cp).
+    source_kind: str = ""
+    source_name: str = ""
 
 
 SERVER_MESSAGES: tuple[type[Message], ...] = (
@@ -235,6 +261,7 @@ SERVER_MESSAGES: tuple[type[Message], ...] = (
     ErrorMessage,
     SessionStart,
     SessionTerminate,
+    TransferStart,
 )
 AGENT_MESSAGES: tuple[type[Message], ...] = (
     Auth,

@@ -33,6 +33,7 @@ from corral.server.api import (
     nodes,
     params,
     sessions,
+    transfers,
 )
 from corral.server.auditing import AuditMiddleware
 from corral.server.auth import Authenticator, stream_recheck_loop
@@ -44,6 +45,7 @@ from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
 from corral.server.sessions import SessionHub
 from corral.server.tls import ServerTls
+from corral.server.transfers import TransferHub
 from corral.server.writer import ChangeWriter
 from corral.store import Store, sqlite_url
 
@@ -144,6 +146,7 @@ async def build_context(config: ServerConfig) -> ServerContext:
         ),
         params=parameters,
         sessions=SessionHub(config, store, blobs, bus, audit),
+        transfers=TransferHub(bus, audit, config.session_connect_timeout_seconds),
     )
 
 
@@ -200,6 +203,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         finally:
             grace = config.shutdown_grace_seconds
             await context.sessions.close_all()
+            await context.transfers.close_all()
             closed = await context.gateway.close_all(grace)
             for task in (presence, recheck, policies):
                 task.cancel()
@@ -238,6 +242,8 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
 
     app.add_api_websocket_route("/api/v1/sessions/{session_id}/stream", sessions.operator_stream)
     app.add_api_websocket_route("/agent/v1/sessions/{session_id}", sessions.agent_stream)
+    app.add_api_websocket_route("/api/v1/transfers/{transfer_id}/stream", transfers.operator_stream)
+    app.add_api_websocket_route("/agent/v1/transfers/{transfer_id}", transfers.agent_stream)
 
     @app.websocket("/agent/v1/connect")
     async def agent_connect(websocket: WebSocket) -> None:
@@ -258,6 +264,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
         audit.router,
         meta.router,
         sessions.router,
+        transfers.router,
     ):
         app.include_router(router)
     ssm.install(app)  # POST /: the Systems Manager wire API

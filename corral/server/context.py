@@ -18,6 +18,7 @@ from corral.server.gateway import Gateway
 from corral.server.rendering import RenderCache
 from corral.server.sessions import SessionHub
 from corral.server.tls import ServerTls
+from corral.server.transfers import TransferHub
 from corral.server.writer import ChangeWriter
 from corral.store import Store
 
@@ -38,6 +39,7 @@ class ServerContext:
     auth: Authenticator
     params: ParameterService
     sessions: SessionHub
+    transfers: TransferHub
     # What the server serves over TLS (None: plain HTTP); agents pin its CA.
     tls: ServerTls | None = None
 

@@ -1,4 +1,4 @@
-"""Interactive sessions: the server's relay between an operator and a node's shell.
+"""Sessions: the server's relay between an operator and a node's shell or port forward.
 
     operator (CLI) ──WS /api/v1/sessions/{id}/stream──► server ◄──WS /agent/v1/sessions/{id}── agent
                                                           │
@@ -14,17 +14,32 @@ records output (and, when configured, input) as asciicast v2 while the session
 runs: the recording is appended as it goes, so a crash loses at most what was in
 flight. Forwarding awaits each send, so a slow reader slows the shell down
 (WebSocket backpressure) and no buffer here grows without bound.
+
+A port session (`kind` "port": `session forward`, `session proxy`) carries TCP
+connections as streams (`corral.sessions.tunnel`). Nothing of their content is
+recorded: a `ConnectionLedger` checks each frame (OPEN only to the session's target,
+stream ids only growing) and keeps each connection's metadata, written to the audit
+log as one `session:Connection` event when the connection closes, and as totals
+(bytes each way, connections) into the session record and its `session:End` event.
+The agent's first frame in a port session must be an empty RESUME, saying it serves
+port sessions: until then the operator's frames wait, and anything else ends the
+session (an agent too old to know port sessions would have started a shell).
+Port sessions have no idle timeout (an idle SSH connection is not abandoned); the
+maximum duration, when configured, applies to them too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,12 +51,22 @@ from corral.protocol import streams
 from corral.protocol.messages import SessionStart, SessionTerminate
 from corral.server.config import ServerConfig
 from corral.sessions.asciicast import AsciicastWriter
-from corral.store import SessionRecord, Store
+from corral.sessions.connections import Connection, ConnectionLedger, Verdict
+from corral.store import NewSession, SessionRecord, Store
 
 logger = logging.getLogger(__name__)
 
 INPUT, OUTPUT = 0, 1  # stream numbers: operator -> node, node -> operator
 RECORDING_KEY = "recordings/{session_id}.cast"
+SHELL, PORT = "shell", "port"
+
+
+class _Next(enum.Enum):
+    """What the relay does with a frame once inspected."""
+
+    FORWARD = "forward"
+    SKIP = "skip"  # handled here; nothing to forward
+    STOP = "stop"  # the session ended
 
 
 @dataclass(slots=True)
@@ -64,6 +89,7 @@ class Live:
     writer: AsciicastWriter | None = None
     recorded: int = 0  # bytes appended to the recording so far
     recording_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ledger: ConnectionLedger | None = None  # port sessions only
 
 
 class SessionHub:
@@ -93,40 +119,39 @@ class SessionHub:
 
     # --- life cycle ---------------------------------------------------------
 
-    async def open(
-        self,
-        node_id: str,
-        owner: str,
-        os_user: str | None,
-        command: str | None,
-        cols: int,
-        rows: int,
-        grant_id: str | None,
-    ) -> SessionRecord:
+    async def open(self, new: NewSession, cols: int = 80, rows: int = 24) -> SessionRecord:
         """Store a Pending session and ask the node's agent to join it."""
-        if not self._bus.is_connected(node_id):
-            raise ConflictError(f"node {node_id} is not connected; a session needs it online")
+        if not self._bus.is_connected(new.node_id):
+            raise ConflictError(f"node {new.node_id} is not connected; a session needs it online")
+        port = new.kind == PORT
         record = await self._store.create_session(
-            node_id, "shell", owner, os_user, command, RECORDING_KEY, grant_id
+            dataclasses.replace(new, recording_key=None if port else RECORDING_KEY)
         )
         live = Live(record, cols, rows)
+        if port:
+            assert new.target_host is not None
+            assert new.target_port is not None
+            live.ledger = ConnectionLedger(new.target_host, new.target_port)
         self._live[record.id] = live
         start = SessionStart(
             session_id=record.id,
-            kind="shell",
-            user=os_user,
-            command=command,
+            kind=new.kind,
+            user=new.os_user,
+            command=new.command,
             cols=cols,
             rows=rows,
-            idle_timeout_seconds=self._config.session_idle_timeout_seconds,
+            # A forward carrying an idle SSH connection is in use: no idle timeout.
+            idle_timeout_seconds=None if port else self._config.session_idle_timeout_seconds,
             max_duration_seconds=self._config.session_max_duration_seconds,
+            host=new.target_host,
+            port=new.target_port,
         )
-        if not await self._bus.publish(node_id, start):
+        if not await self._bus.publish(new.node_id, start):
             self._live.pop(record.id, None)
             await self._store.end_session(
                 record.id, "Failed", "node went away", None, 0, 0, time.time()
             )
-            raise ConflictError(f"node {node_id} is not connected; a session needs it online")
+            raise ConflictError(f"node {new.node_id} is not connected; a session needs it online")
         asyncio.get_running_loop().call_later(
             self._config.session_connect_timeout_seconds, self._connect_deadline, record.id
         )
@@ -163,21 +188,39 @@ class SessionHub:
         if live.agent is None:
             with contextlib.suppress(CorralError):
                 await self._bus.publish(live.record.node_id, SessionTerminate(session_id, reason))
+        now = time.time()
+        details: dict[str, object] = {
+            "kind": live.record.kind,
+            "status": status,
+            "reason": reason,
+            "exit_code": code,
+            "bytes_in": live.bytes_in,
+            "bytes_out": live.bytes_out,
+            "duration_seconds": round(now - (live.record.started_at or now), 3),
+            "recording": live.record.recording_key,
+        }
+        connections = 0
+        if live.ledger is not None:
+            for connection in live.ledger.close_all(now, "the session ended"):
+                self._audit_connection(live, connection)
+            connections = live.ledger.connections
+            details["target"] = f"{live.ledger.host}:{live.ledger.port}"
+            details["connections"] = connections
         record = await self._store.end_session(
-            session_id, status, reason, code, live.bytes_in, live.bytes_out, time.time()
+            session_id,
+            status,
+            reason,
+            code,
+            live.bytes_in,
+            live.bytes_out,
+            now,
+            connections=connections,
         )
         self._audit.event(
             "session:End",
             [f"session:{session_id}", f"node:{live.record.node_id}"],
             principal=live.record.owner,
-            details={
-                "status": status,
-                "reason": reason,
-                "exit_code": code,
-                "bytes_in": live.bytes_in,
-                "bytes_out": live.bytes_out,
-                "recording": live.record.recording_key,
-            },
+            details=details,
         )
         logger.info("session ended session_id=%s status=%s reason=%s", session_id, status, reason)
         return record
@@ -209,9 +252,10 @@ class SessionHub:
             return
         await websocket.accept()
         live.agent = websocket
-        live.agent_ready.set()
-        await self._store.session_connected(session_id, time.time())
-        if live.writer is None:
+        if live.ledger is None:  # a port session's agent is ready once it said so
+            live.agent_ready.set()
+        live.record = await self._store.session_connected(session_id, time.time())
+        if live.writer is None and live.record.recording_key is not None:
             live.writer = AsciicastWriter(
                 width=live.cols, height=live.rows, command=live.record.command, start=time.time()
             )
@@ -265,9 +309,16 @@ class SessionHub:
                 )
                 await self.end(live.record.id, "Failed", f"the {side} broke the session protocol")
                 return
-            if not await self._inspect(live, frame, from_agent):
+            if live.ledger is not None:
+                step = await self._inspect_port(live, live.ledger, frame, from_agent, websocket)
+            else:
+                step = _Next.FORWARD if await self._inspect(live, frame, from_agent) else _Next.STOP
+            if step is _Next.STOP:
                 return
-            await peer_ready.wait()
+            if step is _Next.SKIP:
+                continue
+            if not peer_ready.is_set():
+                await _either(peer_ready, live.ended)
             peer = live.operator if from_agent else live.agent
             if peer is None or live.ended.is_set():
                 return
@@ -318,6 +369,82 @@ class SessionHub:
         await self.end(live.record.id, "Failed", f"unexpected {type(frame).__name__}")
         return False
 
+    async def _inspect_port(
+        self,
+        live: Live,
+        ledger: ConnectionLedger,
+        frame: streams.Frame,
+        from_agent: bool,
+        websocket: WebSocket,
+    ) -> _Next:
+        """Police and count one frame of a port session (the ledger's table)."""
+        live.last_activity = time.monotonic()
+        if isinstance(frame, streams.ExitFrame):
+            if from_agent:
+                live.exit_code = frame.code
+                reason = frame.reason or "the node ended the session"
+            else:  # the operator's own words are not stored: it simply closed the session
+                reason = "the operator closed the session"
+            await self.end(live.record.id, "Terminated", reason)
+            return _Next.STOP
+        if from_agent and not live.agent_ready.is_set():
+            # An agent too old for port sessions would have started a shell: its
+            # output must not reach the operator, nor the operator's bytes that shell.
+            if frame != streams.ResumeFrame():
+                await self.end(
+                    live.record.id,
+                    "Failed",
+                    "the node's agent does not support port forwarding; upgrade it",
+                )
+                return _Next.STOP
+            live.agent_ready.set()
+            return _Next.SKIP
+        decision = ledger.inspect(frame, from_agent, time.time())
+        if decision.verdict is Verdict.VIOLATION:
+            side = "node" if from_agent else "operator"
+            logger.warning(
+                "port session protocol error session_id=%s side=%s message=%s",
+                live.record.id,
+                side,
+                decision.reason,
+            )
+            await self.end(live.record.id, "Failed", f"the {side} broke the session protocol")
+            return _Next.STOP
+        live.bytes_in, live.bytes_out = ledger.bytes_in, ledger.bytes_out
+        if decision.closed is not None:
+            self._audit_connection(live, decision.closed)
+        if decision.verdict is Verdict.REFUSE:
+            assert isinstance(frame, streams.OpenFrame)
+            refusal = streams.OpenFailedFrame(frame.stream, streams.safe_reason(decision.reason))
+            try:
+                await websocket.send_bytes(streams.encode(refusal))
+            except Exception:  # the operator went away; its pump ends the session
+                return _Next.STOP
+            return _Next.SKIP
+        return _Next.FORWARD if decision.verdict is Verdict.FORWARD else _Next.SKIP
+
+    def _audit_connection(self, live: Live, connection: Connection) -> None:
+        """One `session:Connection` event: target, bytes each way, times, how it ended."""
+        closed = connection.closed_at or connection.opened_at
+        self._audit.event(
+            "session:Connection",
+            [f"session:{live.record.id}", f"node:{live.record.node_id}"],
+            principal=live.record.owner,
+            outcome="allowed" if connection.outcome != "refused" else "denied",
+            details={
+                "stream": connection.stream,
+                "host": connection.host,
+                "port": connection.port,
+                "outcome": connection.outcome,
+                "reason": connection.reason,
+                "bytes_in": connection.bytes_in,
+                "bytes_out": connection.bytes_out,
+                "opened_at": _iso(connection.opened_at),
+                "closed_at": _iso(closed),
+                "duration_seconds": round(closed - connection.opened_at, 3),
+            },
+        )
+
     async def _record(self, live: Live, line: Callable[[float], bytes], at: float) -> None:
         """Encode and append one recording event; one at a time, in the order they come.
 
@@ -342,6 +469,22 @@ class SessionHub:
     def live(self, session_id: str) -> Live | None:
         """The live state of a session on this server, if any."""
         return self._live.get(session_id)
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Wait until one of two events is set."""
+    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _iso(timestamp: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def conflict_if_ended(record: SessionRecord) -> None:

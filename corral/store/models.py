@@ -277,7 +277,7 @@ class ParameterVersion(Base):
 
 
 class Session(Base):
-    """An interactive shell (or, later, forward/proxy) session through a node's agent."""
+    """An interactive shell or a port forward (`kind` "shell" or "port") through a node's agent."""
 
     __tablename__ = "sessions"
     __table_args__ = (Index("ix_sessions_node_status", "node_id", "status"),)
@@ -297,3 +297,8 @@ class Session(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     recording_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Port forwards only: the one host:port (as seen from the node) they may open.
+    target_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    target_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # TCP connections a port forward carried (0 for shells).
+    connections: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

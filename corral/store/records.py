@@ -426,8 +426,27 @@ class SessionRecord:
     bytes_out: int
     recording_key: str | None
     grant_id: str | None
+    target_host: str | None = None
+    target_port: int | None = None
+    connections: int = 0
 
     @property
     def active(self) -> bool:
         """Pending or Connected."""
         return self.status in ("Pending", "Connected")
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """What a new session is: where, by whom, and as what (a shell or a port forward)."""
+
+    node_id: str
+    kind: str  # "shell" or "port"
+    owner: str
+    os_user: str | None = None
+    command: str | None = None
+    # `{session_id}` is filled in with the new session's id.
+    recording_key: str | None = None
+    grant_id: str | None = None
+    target_host: str | None = None
+    target_port: int | None = None

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from corral.errors import ConflictError, NotFoundError
 from corral.store import models as m
 from corral.store.base import RepositoryBase
-from corral.store.records import SessionRecord
+from corral.store.records import NewSession, SessionRecord
 
 ACTIVE = ("Pending", "Connected")
 
@@ -25,25 +25,17 @@ def new_session_id(owner: str) -> str:
 class SessionRepository(RepositoryBase):
     """Session rows; the `Store` inherits these methods."""
 
-    async def create_session(
-        self,
-        node_id: str,
-        kind: str,
-        owner: str,
-        os_user: str | None,
-        command: str | None,
-        recording_key: str | None,
-        grant_id: str | None,
-    ) -> SessionRecord:
+    async def create_session(self, new: NewSession) -> SessionRecord:
         """A new Pending session."""
-        session_id = new_session_id(owner)
+        session_id = new_session_id(new.owner)
+        key = new.recording_key
         row = m.Session(
             id=session_id,
-            node_id=node_id,
-            kind=kind,
-            owner=owner,
-            os_user=os_user,
-            command=command,
+            node_id=new.node_id,
+            kind=new.kind,
+            owner=new.owner,
+            os_user=new.os_user,
+            command=new.command,
             status="Pending",
             reason="",
             exit_code=None,
@@ -52,8 +44,11 @@ class SessionRepository(RepositoryBase):
             ended_at=None,
             bytes_in=0,
             bytes_out=0,
-            recording_key=recording_key.format(session_id=session_id) if recording_key else None,
-            grant_id=grant_id,
+            recording_key=key.format(session_id=session_id) if key else None,
+            grant_id=new.grant_id,
+            target_host=new.target_host,
+            target_port=new.target_port,
+            connections=0,
         )
         async with self._tx() as s:
             s.add(row)
@@ -100,6 +95,8 @@ class SessionRepository(RepositoryBase):
         bytes_in: int,
         bytes_out: int,
         when: float,
+        *,
+        connections: int = 0,
     ) -> SessionRecord | None:
         """Record the end of an active session (None if it had already ended)."""
         async with self._tx() as s:
@@ -112,6 +109,7 @@ class SessionRepository(RepositoryBase):
                     exit_code=exit_code,
                     bytes_in=bytes_in,
                     bytes_out=bytes_out,
+                    connections=connections,
                     ended_at=when,
                 )
             )

@@ -281,6 +281,9 @@ CASES = [
     listing("GET /sessions/{id}", lambda w, s, u: ("GET", "/api/v1/sessions/ses-00000000000000000", None), READERS),
     listing("GET /sessions/{id}/recording", lambda w, s, u: ("GET", "/api/v1/sessions/ses-00000000000000000/recording", None), READERS),
     listing("POST /sessions/{id}/terminate", lambda w, s, u: ("POST", "/api/v1/sessions/ses-00000000000000000/terminate", None), OPERATE),
+    # File transfers: policy on the node and on the path, then 409 (the node is offline).
+    node_scoped("POST /transfers/upload", lambda w, s, u: ("POST", "/api/v1/transfers/upload", {"node_id": w.nodes[s], "path": "/tmp/m", "source_name": "m"}), OPERATE),
+    node_scoped("POST /transfers/download", lambda w, s, u: ("POST", "/api/v1/transfers/download", {"node_id": w.nodes[s], "path": "/tmp/m"}), OPERATE),
     fleet_wide("GET /access/requests/{id}/evidence", lambda w, s, u: ("GET", f"/api/v1/access/requests/{w.request(s)}/evidence", None), AUDIT),
     # The Systems Manager wire API: any credential reaches it; the operation's own
     # actions decide (decrypting needs parameter:GetDecrypted; parameters touch no node).

@@ -36,3 +36,56 @@ async def test_starting_needs_the_node_and_the_account_and_an_online_node(api: A
     assert (await api.client.get("/api/v1/sessions")).json() == []
     missing = await api.client.get("/api/v1/sessions/ses-00000000000000000")
     assert missing.status_code == 404
+
+
+NODES_ONLY = {
+    "statements": [
+        {"effect": "allow", "actions": ["session:*"], "resources": ["node:*", "session:*"]},
+    ]
+}
+
+
+async def test_a_port_session_needs_the_node_only_and_a_well_formed_target(api: Api) -> None:
+    node_id, _key = await api.register_node({"env": "dev"})
+    for body, field in [
+        ({"kind": "port"}, "port"),
+        ({"kind": "port", "port": 22, "user": "root"}, "user"),
+        ({"kind": "port", "port": 22, "command": "ls"}, "command"),
+        ({"port": 22}, "port"),
+        ({"host": "db.internal"}, "host"),
+    ]:
+        refused = await api.client.post("/api/v1/sessions", json={"node_id": node_id, **body})
+        assert refused.status_code == 400, body
+        assert refused.json()["error"]["field"] == field, body
+    for body in [
+        {"kind": "port", "port": 0},
+        {"kind": "port", "port": 65536},
+        {"kind": "port", "port": 22, "host": "db internal"},
+        {"kind": "port", "port": 22, "host": "\x1b[2J"},
+        {"kind": "tunnel", "port": 22},
+    ]:
+        refused = await api.client.post("/api/v1/sessions", json={"node_id": node_id, **body})
+        assert refused.status_code == 400, body
+    # A role without any osuser: may forward (the node is offline: 409, not 403) ...
+    await api.client.post("/api/v1/roles", json={"name": "nodes-only", "policy": NODES_ONLY})
+    token = await make_user(api, "finn", "nodes-only")
+    forward = await api.client.post(
+        "/api/v1/sessions",
+        json={"node_id": node_id, "kind": "port", "host": "10.0.0.5", "port": 5432},
+        headers=bearer(token),
+    )
+    assert forward.status_code == 409
+    # ... but not open a shell, which needs osuser:default as well.
+    shell = await api.client.post(
+        "/api/v1/sessions", json={"node_id": node_id}, headers=bearer(token)
+    )
+    assert shell.status_code == 403
+    assert "osuser:default" in shell.json()["error"]["message"]
+    viewer = await make_user(api, "val", "viewer")
+    denied = await api.client.post(
+        "/api/v1/sessions",
+        json={"node_id": node_id, "kind": "port", "port": 22},
+        headers=bearer(viewer),
+    )
+    assert denied.status_code == 403
+    assert "session:Start" in denied.json()["error"]["message"]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response, WebSocket
 from pydantic import Field
 
-from corral.errors import AccessDeniedError, AuthError, NotFoundError
+from corral.errors import AccessDeniedError, AuthError, NotFoundError, ValidationError
 from corral.server.api.common import RequestModel, iso
 from corral.server.auth import Caller, authorize, node_context
 from corral.server.context import Ctx, ServerContext, get_context
-from corral.store import SessionRecord
+from corral.sessions.tunnel import DEFAULT_HOST
+from corral.store import NewSession, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -21,16 +23,22 @@ router = APIRouter(tags=["sessions"])
 
 _OS_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 DEFAULT_OS_USER = "default"  # the policy resource when no user is asked for: osuser:default
+# A host name, an IPv4 address or an IPv6 address (no brackets), as the node resolves it.
+_HOST = r"^[A-Za-z0-9_.:%-]{1,255}$"
 
 
 class SessionCreate(RequestModel):
-    """Body of `POST /api/v1/sessions`."""
+    """Body of `POST /api/v1/sessions`: a shell, or (`kind` "port") a port forward."""
 
     node_id: str = Field(pattern=r"^mi-[0-9a-f]{17}$")
+    kind: Literal["shell", "port"] = "shell"
     user: str | None = Field(default=None, max_length=32)
     command: str | None = Field(default=None, min_length=1, max_length=4096)
     cols: int = Field(default=80, ge=1, le=10_000)
     rows: int = Field(default=24, ge=1, le=10_000)
+    # Port forwards: the target, as seen from the node (host default: localhost).
+    host: str | None = Field(default=None, pattern=_HOST)
+    port: int | None = Field(default=None, ge=1, le=65535)
 
 
 def session_json(record: SessionRecord) -> dict[str, object]:
@@ -52,6 +60,9 @@ def session_json(record: SessionRecord) -> dict[str, object]:
         "bytes_out": record.bytes_out,
         "recording": record.recording_key,
         "grant_id": record.grant_id,
+        "target_host": record.target_host,
+        "target_port": record.target_port,
+        "connections": record.connections,
     }
 
 
@@ -72,23 +83,48 @@ async def start_session(
     caller: Annotated[Caller, Depends(authorize("session:Start"))],
     body: SessionCreate,
 ) -> dict[str, object]:
-    """Open a shell on a node: `session:Start` on the node and on `osuser:USER`."""
+    """Open a session on a node: `session:Start` on the node (and, for a shell, the account)."""
     if caller.principal.kind != "user":
         raise AccessDeniedError(f"{caller.principal.label} cannot start sessions")
-    if body.user is not None and not _OS_USER.match(body.user):
-        from corral.errors import ValidationError
-
-        raise ValidationError(f"user {body.user[:40]!r} is not a valid account name", "user")
+    new = _new_session(body, caller.principal.label)
     node = node_context(await context.store.get_node(body.node_id))
     caller.require("session:Start", f"node:{body.node_id}", node)
-    caller.require("session:Start", f"osuser:{body.user or DEFAULT_OS_USER}", node)
+    if new.kind == "shell":
+        caller.require("session:Start", f"osuser:{body.user or DEFAULT_OS_USER}", node)
     grant = caller.principal.grants[0].id if caller.principal.grants else None
-    record = await context.sessions.open(
-        body.node_id, caller.principal.label, body.user, body.command, body.cols, body.rows, grant
-    )
+    new = dataclasses.replace(new, grant_id=grant)
+    record = await context.sessions.open(new, body.cols, body.rows)
     caller.check("session:Start", f"session:{record.id}")
-    caller.note(session_id=record.id)
+    if new.kind == "port":
+        caller.note(
+            session_id=record.id, kind="port", target=f"{new.target_host}:{new.target_port}"
+        )
+    else:
+        caller.note(session_id=record.id)
     return session_json(record)
+
+
+def _new_session(body: SessionCreate, owner: str) -> NewSession:
+    """The session a valid body asks for (ValidationError naming the field otherwise)."""
+    if body.kind == "port":
+        for name in ("user", "command"):
+            if getattr(body, name) is not None:
+                raise ValidationError(f"{name} is for shell sessions, not port forwards", name)
+        if body.port is None:
+            raise ValidationError("a port session needs the port to forward to", "port")
+        return NewSession(
+            body.node_id,
+            "port",
+            owner,
+            target_host=body.host or DEFAULT_HOST,
+            target_port=body.port,
+        )
+    for name in ("host", "port"):
+        if getattr(body, name) is not None:
+            raise ValidationError(f'{name} is for port sessions (kind "port")', name)
+    if body.user is not None and not _OS_USER.match(body.user):
+        raise ValidationError(f"user {body.user[:40]!r} is not a valid account name", "user")
+    return NewSession(body.node_id, "shell", owner, os_user=body.user, command=body.command)
 
 
 @router.get("/api/v1/sessions")

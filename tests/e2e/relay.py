@@ -1,0 +1,135 @@
+"""A TCP relay on loopback that a test controls: it counts bytes each way, and can cut a
+connection (or hold it still) once that connection has carried so many bytes one way."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from tests.e2e.harness import free_port
+
+UP, DOWN = "up", "down"  # client -> upstream, upstream -> client
+
+
+@dataclass
+class _Trigger:
+    direction: str
+    after: int
+    hold: bool  # hold the connection still instead of cutting it
+
+
+@dataclass
+class _Pair:
+    client: socket.socket
+    upstream: socket.socket
+    counts: dict[str, int] = field(default_factory=lambda: {UP: 0, DOWN: 0})
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class Relay:
+    """Forwards 127.0.0.1:`port` to 127.0.0.1:`upstream_port`, one thread per direction."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.cuts = 0
+        self.held = threading.Event()
+        self._trigger: _Trigger | None = None
+        self._held_pair: _Pair | None = None
+        self._lock = threading.Lock()
+        self._pairs: list[_Pair] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The relay's base URL, to use as the server URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_after(self, direction: str, count: int) -> None:
+        """Cut the first connection that carries `count` bytes in `direction` (once)."""
+        self._trigger = _Trigger(direction, count, hold=False)
+
+    def hold_after(self, direction: str, count: int) -> None:
+        """Stop forwarding on the first connection that carries `count` bytes in `direction`."""
+        self.held.clear()
+        self._trigger = _Trigger(direction, count, hold=True)
+
+    def cut_held(self) -> None:
+        """Close the held connection (its client was killed, say)."""
+        pair = self._held_pair
+        if pair is not None:
+            pair.close()
+            pair.released.set()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for pair in list(self._pairs):
+            pair.close()
+            pair.released.set()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            pair = _Pair(client, upstream)
+            self._pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair, UP), daemon=True).start()
+            threading.Thread(target=self._pump, args=(pair, DOWN), daemon=True).start()
+
+    def _pump(self, pair: _Pair, direction: str) -> None:
+        source, sink = (
+            (pair.client, pair.upstream) if direction == UP else (pair.upstream, pair.client)
+        )
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+            pair.counts[direction] += len(data)
+            with self._lock:
+                trigger = self._trigger
+                fire = (
+                    trigger is not None
+                    and trigger.direction == direction
+                    and pair.counts[direction] >= trigger.after
+                )
+                if fire:
+                    self._trigger = None
+            if fire and trigger is not None:
+                if trigger.hold:
+                    self._held_pair = pair
+                    self.held.set()
+                    pair.released.wait()
+                    return
+                self.cuts += 1
+                pair.close()
+                return
