@@ -10,6 +10,8 @@ the operator WebSocket (what `corral session start` does, without a terminal):
   comes back (operator -> server -> agent -> pty -> agent -> server -> operator);
 * bulk throughput of a shell: `head -c N /dev/zero` on the node read as fast as
   possible (MB/s of terminal output received);
+* a port forward's throughput: `corral session forward` to a TCP server on the node
+  side that sends `--forward-mb` MB, read as fast as possible through the local port;
 * the server's RSS while `yes` runs for `--yes-seconds`, sampled every 0.5 s, once
   read as fast as possible and once not read at all (backpressure must hold it flat).
 """
@@ -166,6 +168,58 @@ async def bulk(rig: Rig, megabytes: int) -> dict[str, float]:
                 "mb_per_s": round(received / 1e6 / elapsed, 1) if elapsed else 0.0}  # fmt: skip
 
 
+async def forward_throughput(rig: Rig, megabytes: int) -> dict[str, float]:
+    """`corral session forward` to a TCP server on the node side that sends N MB."""
+    size = megabytes * 1024 * 1024
+    block = b"\0" * (1 << 20)
+
+    async def serve(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sent = 0
+        while sent < size:
+            writer.write(block[: min(len(block), size - sent)])
+            sent += min(len(block), size - sent)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    remote_port = server.sockets[0].getsockname()[1]
+    local_port = free_port()
+    env = dict(os.environ, CORRAL_SERVER=rig.url, CORRAL_TOKEN=rig.token)
+    forward = subprocess.Popen(
+        [PYTHON, "-m", "corral", "session", "forward", rig.node_id,
+         "--remote-port", str(remote_port), "--local-port", str(local_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        received = 0
+        started = time.perf_counter()
+        while True:
+            chunk = await reader.read(1 << 20)
+            if not chunk:
+                break
+            received += len(chunk)
+        elapsed = time.perf_counter() - started
+        writer.close()
+    finally:
+        forward.send_signal(signal.SIGINT)
+        try:
+            forward.wait(10)
+        except subprocess.TimeoutExpired:
+            forward.kill()
+        server.close()
+    return {"mb": round(received / 1e6, 1), "seconds": round(elapsed, 3),
+            "mb_per_s": round(received / 1e6 / elapsed, 1) if elapsed else 0.0}  # fmt: skip
+
+
 async def yes_memory(rig: Rig, seconds: float, read: bool) -> dict[str, float]:
     assert rig.server is not None
     pid = rig.server.pid
@@ -200,6 +254,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "keystroke_round_trip": await keystrokes(rig, args.keystrokes),
             "shell_bulk": await bulk(rig, args.bulk_mb),
+            "forward": await forward_throughput(rig, args.forward_mb),
             "yes_read": await yes_memory(rig, args.yes_seconds, read=True),
             "yes_unread": await yes_memory(rig, args.yes_seconds, read=False),
         }
@@ -211,6 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keystrokes", type=int, default=300)
     parser.add_argument("--bulk-mb", type=int, default=50)
+    parser.add_argument("--forward-mb", type=int, default=300)
     parser.add_argument("--yes-seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -224,6 +280,8 @@ def main() -> None:
     )
     b = report["shell_bulk"]
     print(f"shell bulk output: {b['mb_per_s']} MB/s ({b['mb']} MB in {b['seconds']} s)")
+    f = report["forward"]
+    print(f"port forward throughput: {f['mb_per_s']} MB/s ({f['mb']} MB in {f['seconds']} s)")
     for name in ("yes_read", "yes_unread"):
         y = report[name]
         print(
