@@ -8,15 +8,12 @@ over an outbound connection that trusts the server the way registration stored.
 from __future__ import annotations
 
 import json
-import secrets
-import time
 import urllib.parse
 import urllib.request
 
 from corral.agent.identity import Identity
 from corral.agent.register import _post
 from corral.errors import ValidationError
-from corral.protocol.requestsig import authorization_header, request_payload
 
 
 def call(
@@ -30,11 +27,8 @@ def call(
     if not path.startswith("/"):
         raise ValidationError(f"path must start with '/', not {path!r}", "path")
     data = json.dumps(body).encode("utf-8") if body is not None else b""
-    stamp = int(time.time())
-    nonce = secrets.token_hex(16)
-    signature = identity.sign(request_payload(method, path, stamp, nonce, data))
     headers = {
-        "Authorization": authorization_header(identity.node_id, stamp, nonce, signature),
+        "Authorization": identity.authorization(method, path, data),
         "Accept": "application/json",
     }
     if body is not None:

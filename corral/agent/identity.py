@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from nacl.signing import SigningKey
 
 from corral.agent.tls import CA_FILE, SYSTEM_TRUST, TRUST_MODES, TRUST_SYSTEM, ServerTrust
 from corral.errors import ValidationError
+from corral.protocol.requestsig import authorization_header, request_payload
 
 NODE_ID_RE = re.compile(r"^mi-[0-9a-f]{17}$")
 IDENTITY_FILE = "identity.json"
@@ -36,6 +39,12 @@ class Identity:
     def sign(self, payload: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature of `payload`."""
         return bytes(self.signing_key.sign(payload).signature)
+
+    def authorization(self, method: str, target: str, body: bytes = b"") -> str:
+        """A fresh `CorralNode ...` Authorization header for one request (or WS upgrade)."""
+        stamp, nonce = int(time.time()), secrets.token_hex(16)
+        signature = self.sign(request_payload(method, target, stamp, nonce, body))
+        return authorization_header(self.node_id, stamp, nonce, signature)
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -18,9 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import ssl
-import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -34,7 +32,6 @@ from corral.agent.pty_session import PtySession, SessionLimits, default_session_
 from corral.errors import CorralError, ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart, SessionTerminate
-from corral.protocol.requestsig import authorization_header, request_payload
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +102,7 @@ class SessionManager:
         if identity is None:
             return
         url, path = session_url(identity.server_url, start.session_id)
-        stamp, nonce = int(time.time()), secrets.token_hex(16)
-        signature = identity.sign(request_payload("GET", path, stamp, nonce, b""))
-        headers = {"Authorization": authorization_header(identity.node_id, stamp, nonce, signature)}
+        headers = {"Authorization": identity.authorization("GET", path)}
         tls: dict[str, Any] = {}
         context = self._tls()
         if context is not None:

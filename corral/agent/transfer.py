@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import ssl
-import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +29,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from corral.agent.identity import Identity
 from corral.errors import ValidationError
 from corral.protocol.messages import TransferStart
-from corral.protocol.requestsig import authorization_header, request_payload
 from corral.protocol.transfer import (
     DOWNLOAD,
     INVALID,
@@ -130,9 +127,7 @@ class TransferManager:
         if identity is None:
             return
         url, path = transfer_url(identity.server_url, start.transfer_id)
-        stamp, nonce = int(time.time()), secrets.token_hex(16)
-        signature = identity.sign(request_payload("GET", path, stamp, nonce, b""))
-        headers = {"Authorization": authorization_header(identity.node_id, stamp, nonce, signature)}
+        headers = {"Authorization": identity.authorization("GET", path)}
         tls: dict[str, Any] = {}
         context = self._tls()
         if context is not None:
