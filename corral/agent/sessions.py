@@ -40,6 +40,8 @@ READ_BYTES = 32 * 1024
 MAX_SESSIONS = 32
 # The account sessions run as when the operator asks for none (see docs/sessions.md).
 SESSION_USER_ENV = "CORRAL_AGENT_SESSION_USER"
+# A shell for every session instead of each account's login shell (see docs/agent.md).
+SESSION_SHELL_ENV = "CORRAL_AGENT_SESSION_SHELL"
 
 
 def session_url(server_url: str, session_id: str) -> tuple[str, str]:
@@ -152,6 +154,7 @@ class SessionManager:
                 user=user,
                 cols=start.cols,
                 rows=start.rows,
+                shell=os.environ.get(SESSION_SHELL_ENV) or None,
                 limits=SessionLimits(
                     idle_timeout_seconds=start.idle_timeout_seconds,
                     max_duration_seconds=start.max_duration_seconds,

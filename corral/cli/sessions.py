@@ -20,6 +20,7 @@ import typer
 
 from corral.cli import forwarding, output
 from corral.cli.client import (
+    EXIT_AUTH,
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
     CliError,
@@ -157,15 +158,18 @@ def proxy(
     raise typer.Exit(code)
 
 
-def _ws_url(connection: Connection, session_id: str) -> str:
+def _ws_url(connection: Connection, session_id: str, endpoint: str = "stream") -> str:
     parts = urllib.parse.urlsplit(connection.server)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    path = parts.path.rstrip("/") + f"/api/v1/sessions/{session_id}/stream"
+    path = parts.path.rstrip("/") + f"/api/v1/sessions/{session_id}/{endpoint}"
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 async def _run_stream(
-    connection: Connection, session_id: str, serve: Callable[[Any], Awaitable[int]]
+    connection: Connection,
+    session_id: str,
+    serve: Callable[[Any], Awaitable[int]],
+    endpoint: str = "stream",
 ) -> int:
     """Connect the session's stream and run `serve` on it; returns its exit code."""
     from websockets.asyncio.client import connect
@@ -181,7 +185,7 @@ async def _run_stream(
     headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
     try:
         async with connect(
-            _ws_url(connection, session_id),
+            _ws_url(connection, session_id, endpoint),
             additional_headers=headers,
             max_size=2 * streams.DEFAULT_MAX_PAYLOAD,
             open_timeout=30,
@@ -189,9 +193,11 @@ async def _run_stream(
         ) as ws:
             return await serve(ws)
     except InvalidStatus as error:
+        status = error.response.status_code
         raise CliError(
-            f"the server refused the session stream (HTTP {error.response.status_code})",
-            exit_code=EXIT_FAILED,
+            f"the server refused the session stream (HTTP {status}): not allowed, "
+            "or the session is not live",
+            exit_code=EXIT_AUTH if status in (401, 403) else EXIT_FAILED,
         ) from None
     except (OSError, ConnectionClosed) as error:
         raise CliError(f"session connection failed: {error}", exit_code=EXIT_UNAVAILABLE) from None
@@ -252,6 +258,9 @@ async def _terminal(ws: Any) -> int:
                 data = receiver.on_data(frame.offset, frame.payload)
                 out.write(data)
                 out.flush()
+            elif isinstance(frame, streams.NoticeFrame):
+                sys.stderr.write(f"\r\n[corral: {frame.text}]\r\n")
+                sys.stderr.flush()
             elif isinstance(frame, streams.ExitFrame):
                 code = frame.code if 0 <= frame.code <= 255 else 1
                 if frame.reason and not frame.reason.startswith("the shell exited with status"):
@@ -266,6 +275,47 @@ async def _terminal(ws: Any) -> int:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
     return code
+
+
+@app.command("join")
+def join(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument()],
+    observe: Annotated[
+        bool, typer.Option("--observe", help="Watch read-only (the only way to join).")
+    ] = False,
+) -> None:
+    """Watch a live shell session read-only; its owner is told you are watching.
+
+    Needs `session:Observe` on the session. Ends when the session ends (or Ctrl-C).
+    """
+    if not observe:
+        raise CliError(
+            "only --observe is supported: a session's terminal belongs to its owner",
+            field="observe",
+        )
+    state = app_state(ctx)
+    connection = resolve_connection(state.server, state.token, state.ca_file)
+    try:
+        code = asyncio.run(_run_stream(connection, session_id, _observe, endpoint="observe"))
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+async def _observe(ws: Any) -> int:
+    out = sys.stdout.buffer
+    async for raw in ws:
+        if not isinstance(raw, bytes):
+            continue
+        frame = streams.decode(raw)
+        if isinstance(frame, streams.DataFrame):
+            out.write(frame.payload)
+            out.flush()
+        elif isinstance(frame, streams.ExitFrame):
+            sys.stderr.write(f"\r\n[session ended: {frame.reason}]\r\n")
+            return 0
+    return 0
 
 
 @app.command("list")

@@ -18,6 +18,10 @@ Wire format (big-endian; one frame per WebSocket binary message)::
     RESUME      0x06 | count u16 | count x (stream u32 | received u64)
     OPEN        0x07 | stream u32 | host length u16 | host UTF-8 | port u16
     OPEN_FAILED 0x08 | stream u32 | reason UTF-8                (<= 1024 bytes)
+    NOTICE      0x09 | text UTF-8                                (<= 1024 bytes)
+
+NOTICE is a message for the person at the terminal (e.g. "user:bob is watching"),
+shown beside the session's output, never mixed into it.
 
 Rules:
 
@@ -102,6 +106,7 @@ class FrameType(IntEnum):
     RESUME = 0x06
     OPEN = 0x07
     OPEN_FAILED = 0x08
+    NOTICE = 0x09
 
 
 class _InvalidFrameError(ValueError):
@@ -287,6 +292,16 @@ class OpenFailedFrame:
         _check_reason("OPEN_FAILED", self.reason)
 
 
+@dataclass(frozen=True, slots=True)
+class NoticeFrame:
+    """A message for the person at the terminal, outside the session's byte streams."""
+
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_reason("NOTICE", self.text)
+
+
 Frame = (
     DataFrame
     | AckFrame
@@ -296,6 +311,7 @@ Frame = (
     | ResumeFrame
     | OpenFrame
     | OpenFailedFrame
+    | NoticeFrame
 )
 # What a StreamSender emits: its data, then its EOF.
 StreamFrame = DataFrame | EofFrame
@@ -344,6 +360,8 @@ def encode(frame: Frame) -> bytes:
         case OpenFailedFrame():
             head = _OPEN_FAILED.pack(FrameType.OPEN_FAILED, frame.stream)
             return head + frame.reason.encode("utf-8")
+        case NoticeFrame():
+            return bytes([FrameType.NOTICE]) + frame.text.encode("utf-8")
         case _:
             assert_never(frame)
 
@@ -461,6 +479,10 @@ def _parse_open_failed(data: bytes, max_payload: int) -> Frame:
     return OpenFailedFrame(stream, reason)
 
 
+def _parse_notice(data: bytes, max_payload: int) -> Frame:
+    return NoticeFrame(_text(data[1:], "NOTICE text", MAX_REASON_BYTES))
+
+
 _PARSERS: dict[int, Callable[[bytes, int], Frame]] = {
     FrameType.DATA: _parse_data,
     FrameType.ACK: _parse_ack,
@@ -470,6 +492,7 @@ _PARSERS: dict[int, Callable[[bytes, int], Frame]] = {
     FrameType.RESUME: _parse_resume,
     FrameType.OPEN: _parse_open,
     FrameType.OPEN_FAILED: _parse_open_failed,
+    FrameType.NOTICE: _parse_notice,
 }
 
 

@@ -242,6 +242,7 @@ def create_app(config: ServerConfig, tls: ServerTls | None = None) -> FastAPI:
 
     app.add_api_websocket_route("/api/v1/sessions/{session_id}/stream", sessions.operator_stream)
     app.add_api_websocket_route("/agent/v1/sessions/{session_id}", sessions.agent_stream)
+    app.add_api_websocket_route("/api/v1/sessions/{session_id}/observe", sessions.observe_stream)
     app.add_api_websocket_route("/api/v1/transfers/{transfer_id}/stream", transfers.operator_stream)
     app.add_api_websocket_route("/agent/v1/transfers/{transfer_id}", transfers.agent_stream)
 

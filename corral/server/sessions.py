@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 INPUT, OUTPUT = 0, 1  # stream numbers: operator -> node, node -> operator
 RECORDING_KEY = "recordings/{session_id}.cast"
+OBSERVER_CATCH_UP_BYTES = 16 * 1024  # what a joining observer sees first: the latest output
+OBSERVER_QUEUE_FRAMES = 256  # an observer further behind than this is dropped
 SHELL, PORT = "shell", "port"
 
 
@@ -90,6 +92,9 @@ class Live:
     recorded: int = 0  # bytes appended to the recording so far
     recording_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ledger: ConnectionLedger | None = None  # port sessions only
+    # Read-only observers: principal label -> bounded queue of frames to send them.
+    observers: dict[int, tuple[str, asyncio.Queue[bytes]]] = field(default_factory=dict)
+    recent: bytearray = field(default_factory=bytearray)  # the latest output, for joiners
 
 
 class SessionHub:
@@ -326,6 +331,78 @@ class SessionHub:
                 await peer.send_bytes(data)  # awaited: a slow reader slows the writer down
             except Exception:  # the peer went away; its own pump ends the session
                 return
+            if from_agent and live.observers and isinstance(frame, streams.DataFrame):
+                self._to_observers(live, frame.payload)
+
+    def _to_observers(self, live: Live, payload: bytes) -> None:
+        """Copy output to observers; one too slow to keep up is dropped, never waited for."""
+        for handle, (who, queue) in list(live.observers.items()):
+            try:
+                queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                live.observers.pop(handle, None)
+                logger.info("observer dropped (too slow) session_id=%s who=%s", live.record.id, who)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(b"")  # tells its sender to stop
+
+    async def serve_observer(self, websocket: WebSocket, session_id: str, who: str) -> None:
+        """A read-only viewer: sees the owner's output from the latest screenful on."""
+        live = self._live.get(session_id)
+        if live is None or live.ledger is not None or live.ended.is_set():
+            await websocket.close(1008)
+            return
+        await websocket.accept()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=OBSERVER_QUEUE_FRAMES)
+        handle = id(queue)
+        offset = 0
+
+        async def send(payload: bytes) -> None:
+            nonlocal offset
+            for start in range(0, len(payload), streams.DEFAULT_MAX_PAYLOAD):
+                piece = payload[start : start + streams.DEFAULT_MAX_PAYLOAD]
+                await websocket.send_bytes(streams.encode(streams.DataFrame(OUTPUT, offset, piece)))
+                offset += len(piece)
+
+        live.observers[handle] = (who, queue)
+        await self._notify_owner(live, f"{who} is watching this session (read-only)")
+        self._audit.event(
+            "session:Observe",
+            [f"session:{session_id}", f"node:{live.record.node_id}"],
+            principal=who,
+            details={"owner": live.record.owner},
+        )
+        try:
+            if live.recent:
+                await send(bytes(live.recent))
+            while not live.ended.is_set():
+                payload = await _next_or_end(queue, live.ended)
+                if not payload:
+                    break
+                await send(payload)
+            reason = live.end_reason or "you were too slow to follow the session"
+            with contextlib.suppress(Exception):
+                exit_frame = streams.ExitFrame(
+                    live.exit_code if live.exit_code is not None else -1,
+                    streams.safe_reason(reason),
+                )
+                await websocket.send_bytes(streams.encode(exit_frame))
+        except Exception:  # the observer went away
+            logger.debug("observer left session_id=%s who=%s", session_id, who)
+        finally:
+            live.observers.pop(handle, None)
+            if not live.ended.is_set():
+                await self._notify_owner(live, f"{who} stopped watching")
+            with contextlib.suppress(Exception):
+                await websocket.close(1000)
+
+    async def _notify_owner(self, live: Live, text: str) -> None:
+        operator = live.operator
+        if operator is None:
+            return
+        with contextlib.suppress(Exception):
+            await operator.send_bytes(
+                streams.encode(streams.NoticeFrame(streams.safe_reason(text)))
+            )
 
     async def _inspect(self, live: Live, frame: streams.Frame, from_agent: bool) -> bool:
         """Count, record and police one frame; False when it ended the session."""
@@ -338,6 +415,8 @@ class SessionHub:
                 return False
             if from_agent:
                 live.bytes_out += len(frame.payload)
+                live.recent += frame.payload
+                del live.recent[: max(0, len(live.recent) - OBSERVER_CATCH_UP_BYTES)]
                 if live.writer is not None:
                     await self._record(
                         live, functools.partial(live.writer.output, frame.payload), now
@@ -491,3 +570,15 @@ def conflict_if_ended(record: SessionRecord) -> None:
     """ConflictError for a session that is over."""
     if not record.active:
         raise ConflictError(f"session {record.id} is {record.status}")
+
+
+async def _next_or_end(queue: asyncio.Queue[bytes], ended: asyncio.Event) -> bytes:
+    """The next queued payload, or b"" once the session ended."""
+    getter = asyncio.ensure_future(queue.get())
+    waiter = asyncio.ensure_future(ended.wait())
+    try:
+        done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        return getter.result() if getter in done else b""
+    finally:
+        for task in (getter, waiter):
+            task.cancel()

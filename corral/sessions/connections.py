@@ -100,7 +100,10 @@ class ConnectionLedger:
 
     def inspect(self, frame: streams.Frame, from_node: bool, now: float) -> Decision:
         """Check and count one frame on its way through the relay."""
-        if isinstance(frame, streams.ResizeFrame | streams.ResumeFrame | streams.ExitFrame):
+        if isinstance(
+            frame,
+            streams.ResizeFrame | streams.ResumeFrame | streams.ExitFrame | streams.NoticeFrame,
+        ):
             return Decision(Verdict.VIOLATION, f"{_name(frame)} in a port session")
         if isinstance(frame, streams.OpenFrame):
             return self._on_open(frame, from_node, now)

@@ -21,7 +21,13 @@ import pytest
 
 from tests.e2e.harness import AGENT_ENV, PYTHON, Fleet, base_env
 
-SESSION_ENV = {"CORRAL_AGENT_SESSION_USER": os.environ.get("USER") or "root"}
+# Sessions run as `nobody` with bash: an account without dotfiles, so the tests never
+# depend on (or hang in) the login scripts of whoever runs them. Switching to it needs
+# an agent running as root, as CI does.
+SESSION_ENV = {"CORRAL_AGENT_SESSION_USER": "nobody", "CORRAL_AGENT_SESSION_SHELL": "/bin/bash"}
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="sessions as another account need the agent to run as root"
+)
 
 
 class Terminal:
@@ -173,8 +179,8 @@ def test_terminate_and_policy_denial(session_fleet: Fleet) -> None:
     term = Terminal([PYTHON, "-m", "corral", "session", "start", node], cli_env(session_fleet))
     try:
         term.expect(r"[#$] ")
-        term.send("echo live\r")
-        term.expect("live")
+        term.send("echo li$((2+3))ve\r")
+        term.expect("li5ve")
         active = server.cli_json("session", "list", "--active")
         assert len(active) == 1
         assert server.cli("session", "terminate", active[0]["session_id"]).returncode == 0
@@ -192,3 +198,47 @@ def test_terminate_and_policy_denial(session_fleet: Fleet) -> None:
     assert denied.returncode == 4
     assert "session:Start" in denied.stderr
     assert [s["status"] for s in server.cli_json("session", "list")] == ["Terminated"]
+
+
+def test_an_authorised_user_observes_read_only_and_the_owner_is_told(
+    session_fleet: Fleet,
+) -> None:
+    server = session_fleet.server
+    node = session_fleet.agents[0].node_id
+    watcher = server.cli_json("user", "create", "wanda", "--role", "operator")
+    viewer = server.cli_json("user", "create", "vince", "--role", "viewer")
+    term = Terminal([PYTHON, "-m", "corral", "session", "start", node], cli_env(session_fleet))
+    observer = None
+    try:
+        term.send("echo before-$((1+1))-join\r")
+        term.expect("before-2-join")  # computed remotely: not the local echo of typeahead
+        sessions = server.cli_json("session", "list")
+        assert sessions, sessions
+        assert sessions[0]["status"] == "Connected", sessions
+        session_id = sessions[0]["session_id"]
+        denied = subprocess.run(
+            [PYTHON, "-m", "corral", "session", "join", session_id, "--observe"],
+            capture_output=True, text=True, env=cli_env(session_fleet, viewer["token"]),
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert denied.returncode == 4, denied.stderr
+        observer = subprocess.Popen(
+            [PYTHON, "-m", "corral", "session", "join", session_id, "--observe"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=cli_env(session_fleet, watcher["token"]),
+        )  # fmt: skip
+        term.expect(r"user:wanda is watching")  # the owner is told, beside the output
+        term.send("echo seen-by-$((2*1))-both\r")
+        term.expect("seen-by-2-both")
+        term.send("exit 0\r")
+        assert term.wait() == 0
+        out, err = observer.communicate(timeout=20)
+        assert b"before-2-join" in out  # the latest screenful on joining
+        assert b"seen-by-2-both" in out
+        assert b"session ended" in err
+    finally:
+        term.close()
+        if observer is not None and observer.poll() is None:
+            observer.kill()
+    audited = server.cli_json("audit", "list", "--action", "session:Observe")
+    assert {r["principal"] for r in audited} >= {"user:wanda"}

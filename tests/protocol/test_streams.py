@@ -24,6 +24,7 @@ from corral.protocol.streams import (
     EofFrame,
     ExitFrame,
     Frame,
+    NoticeFrame,
     OpenFailedFrame,
     OpenFrame,
     ResizeFrame,
@@ -114,7 +115,8 @@ def head(kind: int, fmt: str = "", *values: int) -> bytes:
     [
         (b"", "bad_frame", "empty frame"),
         (b"\x00", "bad_frame", "unknown frame type 0x00"),
-        (b"\x09\x00\x00", "bad_frame", "unknown frame type 0x09"),
+        (b"\x0a\x00\x00", "bad_frame", "unknown frame type 0x0a"),
+        (b"\x09no\nway", "bad_frame", "NOTICE reason contains control"),
         (b"\xff", "bad_frame", "unknown frame type 0xff"),
         # DATA
         (b"\x01\x00\x00", "bad_frame", "DATA frame is truncated: needs at least 14 bytes, got 3"),
@@ -804,3 +806,10 @@ def test_a_fast_producer_is_held_to_the_window() -> None:
             sender.on_ack(ack.offset)
     assert consumed == 500 * 16 * 1024  # acks kept it moving at the consumer's pace
     assert produced - consumed <= window  # and held the producer to it
+
+
+def test_notice_frames_round_trip_and_are_plain_text() -> None:
+    frame = NoticeFrame("user:bob is watching this session (read-only)")
+    assert encode(frame) == b"\x09" + frame.text.encode()
+    assert decode(encode(frame)) == frame
+    assert decode(b"\x09") == NoticeFrame("")

@@ -219,3 +219,41 @@ async def agent_stream(websocket: WebSocket, session_id: str) -> None:
         await websocket.close(1008)
         return
     await context.sessions.serve_agent(websocket, session_id[:40], principal.name)
+
+
+async def observe_stream(websocket: WebSocket, session_id: str) -> None:
+    """WS /api/v1/sessions/{id}/observe: watch a live shell read-only.
+
+    Needs `session:Observe` on `session:ID` (with the node's tags); the owner is told
+    who is watching, and the audit log records it.
+    """
+    context = get_context(websocket)  # type: ignore[arg-type]
+    try:
+        principal = await context.auth.authenticate_websocket(websocket)
+        record = await context.store.get_session(session_id[:40])
+        node = await context.store.get_node(record.node_id, include_deregistered=True)
+        caller = Caller(principal, None)
+        if record.owner != principal.label:
+            caller.require("session:Observe", f"session:{record.id}", node_context(node))
+    except (AuthError, NotFoundError) as error:
+        logger.warning(
+            "session observe refused session_id=%s error=%s", session_id[:40], error.message
+        )
+        context.audit.event(
+            "session:Observe",
+            [f"session:{session_id[:40]}"],
+            principal="anonymous",
+            outcome="denied",
+            error=error.message,
+        )
+        await websocket.close(1008)
+        return
+
+    def cancel(reason: str) -> None:
+        context.sessions.spawn(websocket.close(1008))
+
+    handle = context.auth.streams.open(principal, cancel)
+    try:
+        await context.sessions.serve_observer(websocket, record.id, principal.label)
+    finally:
+        context.auth.streams.close(handle)
