@@ -19,13 +19,12 @@ import contextlib
 import logging
 import os
 import ssl
-import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from corral.agent.api import connect_back
 from corral.agent.identity import Identity
 from corral.agent.port_forward import PortForward
 from corral.agent.pty_session import PtySession, SessionLimits, default_session_user
@@ -42,14 +41,6 @@ MAX_SESSIONS = 32
 SESSION_USER_ENV = "CORRAL_AGENT_SESSION_USER"
 # A shell for every session instead of each account's login shell (see docs/agent.md).
 SESSION_SHELL_ENV = "CORRAL_AGENT_SESSION_SHELL"
-
-
-def session_url(server_url: str, session_id: str) -> tuple[str, str]:
-    """(WebSocket URL, signed path) of a session's data connection."""
-    parts = urllib.parse.urlsplit(server_url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), "ws")
-    path = parts.path.rstrip("/") + f"/agent/v1/sessions/{session_id}"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), path
 
 
 class SessionManager:
@@ -103,20 +94,13 @@ class SessionManager:
         identity = self._identity()
         if identity is None:
             return
-        url, path = session_url(identity.server_url, start.session_id)
-        headers = {"Authorization": identity.authorization("GET", path)}
-        tls: dict[str, Any] = {}
-        context = self._tls()
-        if context is not None:
-            tls["ssl"] = context
         try:
-            async with connect(
-                url,
-                additional_headers=headers,
-                open_timeout=self._connect_timeout,
-                close_timeout=self._connect_timeout,
-                max_size=2 * streams.DEFAULT_MAX_PAYLOAD,
-                **tls,
+            async with connect_back(
+                identity,
+                f"/agent/v1/sessions/{start.session_id}",
+                self._tls(),
+                self._connect_timeout,
+                2 * streams.DEFAULT_MAX_PAYLOAD,
             ) as ws:
                 await self._serve(ws, start)
         except (OSError, ConnectionClosed, TimeoutError) as error:

@@ -19,13 +19,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import urllib.parse
 from collections.abc import Callable
-from typing import Any
 
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from corral.agent.api import back_channel_url, connect_back
 from corral.agent.identity import Identity
 from corral.errors import ValidationError
 from corral.protocol.messages import TransferStart
@@ -60,10 +58,7 @@ MAX_TRANSFERS = 16
 
 def transfer_url(server_url: str, transfer_id: str) -> tuple[str, str]:
     """(WebSocket URL, signed path) of a transfer's data connection."""
-    parts = urllib.parse.urlsplit(server_url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), "ws")
-    path = parts.path.rstrip("/") + f"/agent/v1/transfers/{transfer_id}"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", "")), path
+    return back_channel_url(server_url, f"/agent/v1/transfers/{transfer_id}")
 
 
 def _resolve(start: TransferStart) -> tuple[str, str, SourceTree | None]:
@@ -126,20 +121,13 @@ class TransferManager:
         identity = self._identity()
         if identity is None:
             return
-        url, path = transfer_url(identity.server_url, start.transfer_id)
-        headers = {"Authorization": identity.authorization("GET", path)}
-        tls: dict[str, Any] = {}
-        context = self._tls()
-        if context is not None:
-            tls["ssl"] = context
         try:
-            async with connect(
-                url,
-                additional_headers=headers,
-                open_timeout=self._connect_timeout,
-                close_timeout=self._connect_timeout,
-                max_size=MAX_FRAME,
-                **tls,
+            async with connect_back(
+                identity,
+                f"/agent/v1/transfers/{start.transfer_id}",
+                self._tls(),
+                self._connect_timeout,
+                MAX_FRAME,
             ) as ws:
                 await self._serve(WebSocketChannel(ws), start)
         except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as error:
