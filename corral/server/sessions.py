@@ -83,6 +83,7 @@ class Live:
     agent_ready: asyncio.Event = field(default_factory=asyncio.Event)
     operator_ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # end() has run to the end
     end_reason: str = ""
     exit_code: int | None = None
     bytes_in: int = 0
@@ -172,27 +173,23 @@ class SessionHub:
     async def end(
         self, session_id: str, status: str, reason: str, exit_code: int | None = None
     ) -> SessionRecord | None:
-        """End a session (idempotent): tell both sides, store the outcome, close the recording."""
+        """End a session (idempotent): close the recording, store the outcome, tell both sides."""
         live = self._live.pop(session_id, None)
         if live is None:
             return None
+        try:
+            return await self._end(live, session_id, status, reason, exit_code)
+        finally:
+            live.finished.set()
+
+    async def _end(
+        self, live: Live, session_id: str, status: str, reason: str, exit_code: int | None
+    ) -> SessionRecord | None:
         live.ended.set()
         live.end_reason = reason
         code = exit_code if exit_code is not None else live.exit_code
         if live.writer is not None:
             await self._record(live, live.writer.close, time.time())
-        for ws in (live.operator, live.agent):
-            if ws is not None:
-                with contextlib.suppress(Exception):
-                    exit_frame = streams.ExitFrame(
-                        code if code is not None else -1, streams.safe_reason(reason)
-                    )
-                    await ws.send_bytes(streams.encode(exit_frame))
-                with contextlib.suppress(Exception):
-                    await ws.close(1000)
-        if live.agent is None:
-            with contextlib.suppress(CorralError):
-                await self._bus.publish(live.record.node_id, SessionTerminate(session_id, reason))
         now = time.time()
         details: dict[str, object] = {
             "kind": live.record.kind,
@@ -221,6 +218,20 @@ class SessionHub:
             now,
             connections=connections,
         )
+        # Told only once the outcome is stored: whoever sees the EXIT and asks for the
+        # session's record finds it ended.
+        for ws in (live.operator, live.agent):
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    exit_frame = streams.ExitFrame(
+                        code if code is not None else -1, streams.safe_reason(reason)
+                    )
+                    await ws.send_bytes(streams.encode(exit_frame))
+                with contextlib.suppress(Exception):
+                    await ws.close(1000)
+        if live.agent is None:
+            with contextlib.suppress(CorralError):
+                await self._bus.publish(live.record.node_id, SessionTerminate(session_id, reason))
         self._audit.event(
             "session:End",
             [f"session:{session_id}", f"node:{live.record.node_id}"],
@@ -270,6 +281,7 @@ class SessionHub:
         finally:
             if not live.ended.is_set():
                 await self.end(session_id, "Failed", "the node's session connection was lost")
+            await self._until_finished(live)
 
     async def serve_operator(self, websocket: WebSocket, session_id: str) -> None:
         """The operator's side: keystrokes and window sizes in, the shell's output out."""
@@ -285,6 +297,13 @@ class SessionHub:
         finally:
             if not live.ended.is_set():
                 await self.end(session_id, "Terminated", "the operator disconnected")
+            await self._until_finished(live)
+
+    @staticmethod
+    async def _until_finished(live: Live) -> None:
+        """Keep a side's connection open until `end()` has stored the outcome and sent EXIT."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(live.finished.wait(), 10)
 
     async def _pump(self, live: Live, websocket: WebSocket, from_agent: bool) -> None:
         """Forward frames from one side to the other until the session ends."""
