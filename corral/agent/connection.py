@@ -246,7 +246,10 @@ class Agent:
             from corral.agent.sessions import SessionManager
 
             self._sessions = SessionManager(
-                lambda: self._identity, lambda: self._ssl, self.options.connect_timeout
+                lambda: self._identity,
+                lambda: self._ssl,
+                self.options.connect_timeout,
+                retry_cap=self.options.backoff_cap,
             )
         return self._sessions
 

@@ -4,10 +4,14 @@ On `SessionStart` (over the control channel) the agent opens a second outbound
 WebSocket, `/agent/v1/sessions/{id}`, proving it is the node with a signed upgrade
 request (the same CorralNode signature as its API calls), starts a shell on a pty
 (`corral.agent.pty_session`) and pumps bytes both ways as `corral.protocol.streams`
-frames: the shell's output as DATA on stream 1, keystrokes arriving as DATA on
-stream 0, RESIZE to the pty, and EXIT with the shell's status when it ends. The
-pty is read only as fast as the WebSocket accepts what was read, so a flood of
-output is throttled by the kernel's pty buffer, not queued in memory here. A port
+frames through a `corral.sessions.link.Link`: the shell's output as DATA on stream
+1, keystrokes arriving as DATA on stream 0, RESIZE to the pty, and, once the
+operator has received every byte of output, EXIT with the shell's status. The pty
+is read only while the output window has room (bytes the operator has not
+acknowledged), so a flood of output is throttled by the kernel's pty buffer, not
+queued in memory here. If the data connection drops, the shell keeps running and
+the link reconnects for up to the grace period the server gave in `SessionStart`,
+then carries on without losing or repeating a byte. A port
 session (`kind` "port") joins the same way and is then served by
 `corral.agent.port_forward`.
 """
@@ -19,10 +23,10 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from corral.agent.api import connect_back
 from corral.agent.identity import Identity
@@ -31,6 +35,7 @@ from corral.agent.pty_session import PtySession, SessionLimits, default_session_
 from corral.errors import CorralError, ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart, SessionTerminate
+from corral.sessions.link import Link, LinkClosed
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +57,12 @@ class SessionManager:
         tls: Callable[[], ssl.SSLContext | None],
         connect_timeout: float,
         default_user: str | None = None,
+        retry_cap: float = 1.0,
     ) -> None:
         self._identity = identity
         self._tls = tls
         self._connect_timeout = connect_timeout
+        self._retry_cap = retry_cap
         self._default_user = default_user
         self._running: dict[str, asyncio.Task[None]] = {}
         self._shells: dict[str, PtySession] = {}
@@ -90,28 +97,41 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _connect(self, identity: Identity, session_id: str) -> Any:
+        return connect_back(
+            identity,
+            f"/agent/v1/sessions/{session_id}",
+            self._tls(),
+            self._connect_timeout,
+            2 * streams.DEFAULT_MAX_PAYLOAD,
+        )
+
     async def _run(self, start: SessionStart) -> None:
         identity = self._identity()
         if identity is None:
             return
+        if start.kind == "shell":
+            await self._run_shell(identity, start)
+            return
         try:
-            async with connect_back(
-                identity,
-                f"/agent/v1/sessions/{start.session_id}",
-                self._tls(),
-                self._connect_timeout,
-                2 * streams.DEFAULT_MAX_PAYLOAD,
-            ) as ws:
-                await self._serve(ws, start)
-        except (OSError, ConnectionClosed, TimeoutError) as error:
+            async with self._connect(identity, start.session_id) as ws:
+                await self._serve_other(ws, start)
+        except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake) as error:
             logger.warning(
                 "session connection failed session_id=%s error=%s", start.session_id, error
             )
 
-    async def _serve(self, ws: Any, start: SessionStart) -> None:
-        async def send(frame: streams.Frame) -> None:
-            await ws.send(streams.encode(frame))
+    async def _refuse(self, identity: Identity, start: SessionStart, reason: str) -> None:
+        """Join the session only to end it with `reason` (the operator reads it)."""
+        try:
+            async with self._connect(identity, start.session_id) as ws:
+                await ws.send(streams.encode(streams.ExitFrame(-1, streams.safe_reason(reason))))
+        except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake) as error:
+            logger.warning(
+                "session connection failed session_id=%s error=%s", start.session_id, error
+            )
 
+    async def _serve_other(self, ws: Any, start: SessionStart) -> None:
         if start.kind == "port" and start.host is not None and start.port is not None:
             logger.info(
                 "port session started session_id=%s target=%s:%d",
@@ -122,13 +142,12 @@ class SessionManager:
             await PortForward(start, self._connect_timeout).run(ws)
             logger.info("port session ended session_id=%s", start.session_id)
             return
-        if start.kind != "shell":
-            logger.warning(
-                "refusing session_id=%s: unknown kind %r", start.session_id, start.kind[:20]
-            )
-            reason = f"this agent does not run {start.kind[:20]!r} sessions"
-            await send(streams.ExitFrame(-1, streams.safe_reason(reason)))
-            return
+        logger.warning("refusing session_id=%s: unknown kind %r", start.session_id, start.kind[:20])
+        reason = f"this agent does not run {start.kind[:20]!r} sessions"
+        await ws.send(streams.encode(streams.ExitFrame(-1, streams.safe_reason(reason))))
+
+    async def _run_shell(self, identity: Identity, start: SessionStart) -> None:
+        """A shell on a pty, joined to the server by a `Link` that survives drops."""
         try:
             user = start.user or default_session_user(
                 self._default_user or os.environ.get(SESSION_USER_ENV)
@@ -148,72 +167,69 @@ class SessionManager:
             logger.warning(
                 "session refused session_id=%s error=%s", start.session_id, error.message
             )
-            await send(streams.ExitFrame(-1, streams.safe_reason(error.message)))
+            await self._refuse(identity, start, error.message)
             return
         self._shells[start.session_id] = shell
         logger.info(
             "session started session_id=%s user=%s pid=%d", start.session_id, shell.user, shell.pid
         )
-        receiver = streams.StreamReceiver(INPUT)
-        output = asyncio.create_task(self._pump_output(shell, send))
+
+        async def deliver(data: bytes) -> None:
+            with contextlib.suppress(CorralError, OSError):  # the shell is gone: EXIT follows
+                await shell.write(data)
+
+        async def on_control(frame: streams.Frame) -> bool:
+            if isinstance(frame, streams.ResizeFrame):
+                shell.resize(frame.cols, frame.rows)
+                return False
+            if isinstance(frame, streams.ExitFrame):
+                return True  # the server ended the session
+            raise ProtocolError(f"unexpected {type(frame).__name__} in a shell session")
+
+        def on_state(state: str) -> None:
+            logger.info("session connection %s session_id=%s", state, start.session_id)
+
+        link = Link(
+            send_stream=OUTPUT,
+            receive_stream=INPUT,
+            connect=lambda: self._connect(identity, start.session_id),
+            deliver=deliver,
+            on_control=on_control,
+            grace=start.resume_grace_seconds,
+            retry_cap=self._retry_cap,
+            on_state=on_state,
+        )
+        output = asyncio.create_task(self._pump_output(shell, link))
         try:
-            await self._pump_input(ws, shell, receiver, output)
+            await link.run()
+        except LinkClosed as error:
+            logger.warning("session over session_id=%s: %s", start.session_id, error.reason)
+        except ProtocolError as error:
+            logger.warning("session protocol error session_id=%s: %s", start.session_id, error)
+        except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake) as error:
+            logger.warning(
+                "session connection failed session_id=%s error=%s", start.session_id, error
+            )
         finally:
-            if not output.done():
-                await shell.terminate()
-            with contextlib.suppress(Exception):
+            output.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await output
             self._shells.pop(start.session_id, None)
+            with contextlib.suppress(CorralError, OSError):
+                await shell.terminate()
             code = await shell.wait()
-            reason = shell.ended_reason or f"the shell exited with status {code}"
-            with contextlib.suppress(ConnectionClosed, OSError):
-                await send(streams.ExitFrame(code, streams.safe_reason(reason)))
             logger.info("session ended session_id=%s status=%d", start.session_id, code)
 
     @staticmethod
-    async def _pump_output(
-        shell: PtySession, send: Callable[[streams.Frame], Coroutine[Any, Any, None]]
-    ) -> None:
-        offset = 0
+    async def _pump_output(shell: PtySession, link: Link) -> None:
+        """The shell's output to the operator; then, once all of it arrived, its EXIT."""
         while True:
             data = await shell.read(READ_BYTES)
             if not data:
-                return
-            await send(streams.DataFrame(OUTPUT, offset, data))  # awaited: backpressure
-            offset += len(data)
-
-    @staticmethod
-    async def _pump_input(
-        ws: Any,
-        shell: PtySession,
-        receiver: streams.StreamReceiver,
-        output: asyncio.Task[None],
-    ) -> None:
-        messages = asyncio.ensure_future(ws.recv())
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {messages, output}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if output in done:
-                    return  # the shell ended
-                try:
-                    raw = messages.result()
-                except ConnectionClosed:
-                    return
-                messages = asyncio.ensure_future(ws.recv())
-                if not isinstance(raw, bytes):
-                    raise ProtocolError("a text frame on a session stream")
-                frame = streams.decode(raw)
-                if isinstance(frame, streams.DataFrame) and frame.stream == INPUT:
-                    data = receiver.on_data(frame.offset, frame.payload)
-                    if data:
-                        await shell.write(data)
-                elif isinstance(frame, streams.ResizeFrame):
-                    shell.resize(frame.cols, frame.rows)
-                elif isinstance(frame, streams.ExitFrame):
-                    return  # the server ended the session
-        except ProtocolError as error:
-            logger.warning("session protocol error: %s", error.message)
-        finally:
-            messages.cancel()
+                break
+            await link.write(data)  # waits while the window is full: backpressure
+        await link.close_output()
+        await link.drained()
+        code = await shell.wait()
+        reason = shell.ended_reason or f"the shell exited with status {code}"
+        await link.send_control(streams.ExitFrame(code, streams.safe_reason(reason)))

@@ -12,10 +12,39 @@ from typing import Annotated
 import typer
 
 from corral.cli.values import parse_duration, parse_listen
+from corral.errors import ValidationError
 from corral.server.config import ServerConfig
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TLS_MODES = ("auto", "on", "off")
+
+
+MAX_SESSION_IDLE_SECONDS = 3600.0
+MAX_SESSION_DURATION_SECONDS = 24 * 3600.0
+
+
+def _session_options(
+    config: ServerConfig, idle: str | None, max_duration: str | None, grace: str | None
+) -> ServerConfig:
+    """Apply the --session-* durations, each checked against its limit."""
+
+    def seconds(name: str, text: str, ceiling: float) -> float:
+        value = parse_duration(text, name)
+        if value > ceiling:
+            option = "--" + name.replace("_", "-")
+            raise ValidationError(f"{option} may be at most {ceiling:g} seconds", field=name)
+        return value
+
+    if idle is not None:
+        value = seconds("session_idle_timeout", idle, MAX_SESSION_IDLE_SECONDS)
+        config = dataclasses.replace(config, session_idle_timeout_seconds=value or None)
+    if max_duration is not None:
+        value = seconds("session_max_duration", max_duration, MAX_SESSION_DURATION_SECONDS)
+        config = dataclasses.replace(config, session_max_duration_seconds=value or None)
+    if grace is not None:
+        value = seconds("session_resume_grace", grace, MAX_SESSION_DURATION_SECONDS)
+        config = dataclasses.replace(config, session_resume_grace_seconds=value)
+    return config
 
 
 def build_config(
@@ -157,6 +186,36 @@ def server(
         str | None,
         typer.Option("--access-max-duration", help="Longest just-in-time grant (24h)."),
     ] = None,
+    session_idle_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--session-idle-timeout",
+            help="End a shell session after this long without input or output (20m; 0: never;"
+            " at most 1h).",
+        ),
+    ] = None,
+    session_max_duration: Annotated[
+        str | None,
+        typer.Option(
+            "--session-max-duration",
+            help="End any session this long after it started (default: none; at most 24h).",
+        ),
+    ] = None,
+    session_resume_grace: Annotated[
+        str | None,
+        typer.Option(
+            "--session-resume-grace",
+            help="How long a shell session waits for a dropped operator or node connection"
+            " to come back (60s; 0: end at once).",
+        ),
+    ] = None,
+    session_record_input: Annotated[
+        bool,
+        typer.Option(
+            "--session-record-input",
+            help="Record what operators type too, not only what the shell prints.",
+        ),
+    ] = False,
 ) -> None:
     """Run the Corral server (HTTP API and agent endpoint) until interrupted."""
     if log_level.lower() not in _LOG_LEVELS:
@@ -196,6 +255,11 @@ def server(
             config,
             access_max_duration_seconds=parse_duration(access_max_duration, "access_max_duration"),
         )
+    config = _session_options(
+        config, session_idle_timeout, session_max_duration, session_resume_grace
+    )
+    if session_record_input:
+        config = dataclasses.replace(config, session_record_input=True)
     # Imported lazily so the rest of the CLI never loads the web framework.
     server_main = importlib.import_module("corral.server.main")
     result = server_main.run(config)

@@ -29,8 +29,10 @@ from corral.cli.client import (
     resolve_connection,
 )
 from corral.cli.state import app_state
+from corral.errors import ProtocolError
 from corral.protocol import streams
 from corral.sessions.asciicast import replay as replay_recording
+from corral.sessions.link import LOST, Link, LinkClosed
 from corral.sessions.tunnel import DEFAULT_HOST
 
 app = typer.Typer(
@@ -76,7 +78,16 @@ def start(
             {"node_id": node, "user": user, "command": command, "cols": cols, "rows": rows},
         )
     connection = resolve_connection(state.server, state.token, state.ca_file)
-    code = asyncio.run(_run_stream(connection, str(session["session_id"]), _terminal))
+    session_id = str(session["session_id"])
+    grace = float(session.get("resume_grace_seconds") or 0.0)
+    code = asyncio.run(
+        _run_stream(
+            connection,
+            session_id,
+            lambda _ws: _terminal(lambda: _connect(connection, session_id), grace),
+            connect=False,
+        )
+    )
     raise typer.Exit(code)
 
 
@@ -165,15 +176,9 @@ def _ws_url(connection: Connection, session_id: str, endpoint: str = "stream") -
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-async def _run_stream(
-    connection: Connection,
-    session_id: str,
-    serve: Callable[[Any], Awaitable[int]],
-    endpoint: str = "stream",
-) -> int:
-    """Connect the session's stream and run `serve` on it; returns its exit code."""
+def _connect(connection: Connection, session_id: str, endpoint: str = "stream") -> Any:
+    """The session's WebSocket, to open with `async with`."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     extra: dict[str, Any] = {}
     if connection.server.startswith("https"):
@@ -183,14 +188,33 @@ async def _run_stream(
             else ssl.create_default_context()
         )
     headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
+    return connect(
+        _ws_url(connection, session_id, endpoint),
+        additional_headers=headers,
+        max_size=2 * streams.DEFAULT_MAX_PAYLOAD,
+        open_timeout=30,
+        **extra,
+    )
+
+
+async def _run_stream(
+    connection: Connection,
+    session_id: str,
+    serve: Callable[[Any], Awaitable[int]],
+    endpoint: str = "stream",
+    connect: bool = True,
+) -> int:
+    """Connect the session's stream and run `serve` on it; returns its exit code.
+
+    With `connect=False`, `serve` opens the connection itself (and gets None): the
+    errors of its first connection are reported the same way.
+    """
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
     try:
-        async with connect(
-            _ws_url(connection, session_id, endpoint),
-            additional_headers=headers,
-            max_size=2 * streams.DEFAULT_MAX_PAYLOAD,
-            open_timeout=30,
-            **extra,
-        ) as ws:
+        if not connect:
+            return await serve(None)
+        async with _connect(connection, session_id, endpoint) as ws:
             return await serve(ws)
     except InvalidStatus as error:
         status = error.response.status_code
@@ -203,39 +227,85 @@ async def _run_stream(
         raise CliError(f"session connection failed: {error}", exit_code=EXIT_UNAVAILABLE) from None
 
 
-async def _terminal(ws: Any) -> int:
-    """Raw mode in, output out, resizes across; returns the remote exit status."""
+async def _terminal(connect: Callable[[], Any], grace: float) -> int:
+    """Raw mode in, output out, resizes across; returns the remote exit status.
+
+    The session's streams run through a `Link`: if the connection to the server
+    drops, the shell on the node keeps running and the link reconnects for up to
+    `grace` seconds, then carries on with no keystroke or output lost or repeated.
+    """
     loop = asyncio.get_running_loop()
     stdin = sys.stdin.fileno()
     interactive = os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if interactive else None
-    offset = 0
     pending: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
     resizes: set[asyncio.Task[None]] = set()
+    out = sys.stdout.buffer
+    ended: dict[str, Any] = {"code": 1}
+
+    reading = True
 
     def on_input() -> None:
+        nonlocal reading
         try:
             data = os.read(stdin, 4096)
         except OSError:
             data = b""
-        if not data:
+        pending.put_nowait(data)  # this reader runs only while the queue has room
+        if not data or pending.full():
+            # Closed, or the session is not taking input (reconnecting, or a full
+            # window): stop reading until the queue drains; the terminal keeps what
+            # is typed meanwhile.
             loop.remove_reader(stdin)
-        with contextlib.suppress(asyncio.QueueFull):
-            pending.put_nowait(data)
+            reading = False
 
     async def send_input() -> None:
-        nonlocal offset
+        nonlocal reading
         while True:
             data = await pending.get()
             if not data:
                 return  # local stdin closed: leave the shell to end by itself
-            await ws.send(streams.encode(streams.DataFrame(INPUT, offset, data)))
-            offset += len(data)
+            await link.write(data)
+            if not reading and pending.qsize() < pending.maxsize // 2:
+                loop.add_reader(stdin, on_input)
+                reading = True
+
+    async def deliver(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    async def on_control(frame: streams.Frame) -> bool:
+        if isinstance(frame, streams.NoticeFrame):
+            _note(frame.text)
+            return False
+        if isinstance(frame, streams.ExitFrame):
+            ended["code"] = frame.code if 0 <= frame.code <= 255 else 1
+            if frame.reason and not frame.reason.startswith("the shell exited with status"):
+                sys.stderr.write(f"\r\n[session ended: {frame.reason}]\r\n")
+            return True
+        raise ProtocolError(f"unexpected {type(frame).__name__} from the server")
+
+    def on_state(state: str) -> None:
+        if state == LOST:
+            _note(f"connection lost; reconnecting (the session waits {grace:g} s)")
+        else:
+            _note("reconnected")
+
+    link = Link(
+        send_stream=INPUT,
+        receive_stream=OUTPUT,
+        connect=connect,
+        deliver=deliver,
+        on_control=on_control,
+        grace=grace,
+        retry_cap=min(2.0, max(0.1, grace / 10)),
+        on_state=on_state,
+    )
 
     def on_resize() -> None:
         cols, rows = shutil.get_terminal_size((80, 24))
         frame = streams.ResizeFrame(max(1, cols), max(1, rows))
-        task = loop.create_task(ws.send(streams.encode(frame)))
+        task = loop.create_task(link.send_control(frame))
         resizes.add(task)
         task.add_done_callback(resizes.discard)
 
@@ -246,26 +316,15 @@ async def _terminal(ws: Any) -> int:
     with contextlib.suppress(ValueError, RuntimeError):
         loop.add_signal_handler(signal.SIGWINCH, on_resize)
     sender = asyncio.create_task(send_input())
-    code = 1
-    out = sys.stdout.buffer
-    receiver = streams.StreamReceiver(OUTPUT)
     try:
-        async for raw in ws:
-            if not isinstance(raw, bytes):
-                continue
-            frame = streams.decode(raw)
-            if isinstance(frame, streams.DataFrame) and frame.stream == OUTPUT:
-                data = receiver.on_data(frame.offset, frame.payload)
-                out.write(data)
-                out.flush()
-            elif isinstance(frame, streams.NoticeFrame):
-                sys.stderr.write(f"\r\n[corral: {frame.text}]\r\n")
-                sys.stderr.flush()
-            elif isinstance(frame, streams.ExitFrame):
-                code = frame.code if 0 <= frame.code <= 255 else 1
-                if frame.reason and not frame.reason.startswith("the shell exited with status"):
-                    sys.stderr.write(f"\r\n[session ended: {frame.reason}]\r\n")
-                break
+        await link.run()
+    except LinkClosed as error:
+        raise CliError(
+            f"session connection lost: {error.reason} (corral session show tells how it ended)",
+            exit_code=EXIT_UNAVAILABLE,
+        ) from None
+    except ProtocolError as error:
+        raise CliError(f"session failed: {error.message}", exit_code=EXIT_FAILED) from None
     finally:
         sender.cancel()
         with contextlib.suppress(Exception):
@@ -274,7 +333,13 @@ async def _terminal(ws: Any) -> int:
             loop.remove_signal_handler(signal.SIGWINCH)
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
-    return code
+    return int(ended["code"])
+
+
+def _note(text: str) -> None:
+    """A message beside the session's output (on stderr, on its own line)."""
+    sys.stderr.write(f"\r\n[corral: {text}]\r\n")
+    sys.stderr.flush()
 
 
 @app.command("join")

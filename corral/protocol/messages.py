@@ -221,6 +221,8 @@ class SessionStart(Message):
     # Port forwards only: the target every OPEN of the session must name.
     host: str | None = None
     port: int | None = None
+    # How long the agent keeps reconnecting a dropped session connection (0: never).
+    resume_grace_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

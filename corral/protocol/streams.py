@@ -19,6 +19,7 @@ Wire format (big-endian; one frame per WebSocket binary message)::
     OPEN        0x07 | stream u32 | host length u16 | host UTF-8 | port u16
     OPEN_FAILED 0x08 | stream u32 | reason UTF-8                (<= 1024 bytes)
     NOTICE      0x09 | text UTF-8                                (<= 1024 bytes)
+    RESUME_REQ  0x0A | as RESUME                                  (server -> endpoint only)
 
 NOTICE is a message for the person at the terminal (e.g. "user:bob is watching"),
 shown beside the session's output, never mixed into it.
@@ -60,6 +61,16 @@ Rules:
   stream was closed. A stream missing from a peer's RESUME is resumed from 0. A
   driver must stop reading the old connection before it sends RESUME on the new
   one: acks then never go backwards, and one that does is a ProtocolError.
+* **Who resumes whom.** Sessions relay through the server, and either hop may be
+  replaced; the two endpoints (operator CLI, agent) hold the stream state. The
+  endpoint that reconnects sends RESUME as its first frame and sends no DATA until
+  a RESUME comes back. The server forwards that RESUME to the other endpoint as a
+  RESUME_REQ (`ResumeFrame(request=True)`): the receiver resumes its senders from
+  the positions in it and, in the same step and before any resent DATA, answers
+  with a RESUME of its own (which the server forwards as a plain RESUME). Until that
+  answer the server drops the answering side's DATA, ACK and EOF: they were sent
+  before it knew what the reconnected side has, and the resend covers them. An
+  endpoint never sends RESUME_REQ.
 * **Control frames are not sequenced.** RESIZE, EXIT, OPEN and OPEN_FAILED are not
   in any stream; after a resume the driver sends again the latest RESIZE and any
   OPEN, OPEN_FAILED or EXIT the peer may not have seen (all are idempotent). An EOF
@@ -107,6 +118,7 @@ class FrameType(IntEnum):
     OPEN = 0x07
     OPEN_FAILED = 0x08
     NOTICE = 0x09
+    RESUME_REQUEST = 0x0A
 
 
 class _InvalidFrameError(ValueError):
@@ -239,9 +251,14 @@ class StreamPosition:
 
 @dataclass(frozen=True, slots=True)
 class ResumeFrame:
-    """First frame on a (re)connected data connection: what this side has received."""
+    """What this side has received: first frame on a reconnected data connection.
+
+    `request` (RESUME_REQ on the wire) is the server's forward of a reconnected
+    peer's RESUME: resume from it and answer with a RESUME at once.
+    """
 
     positions: tuple[StreamPosition, ...] = ()
+    request: bool = False
 
     def __post_init__(self) -> None:
         count = len(self.positions)
@@ -351,7 +368,8 @@ def encode(frame: Frame) -> bytes:
         case ExitFrame():
             return _EXIT.pack(FrameType.EXIT, frame.code) + frame.reason.encode("utf-8")
         case ResumeFrame():
-            head = _RESUME.pack(FrameType.RESUME, len(frame.positions))
+            kind = FrameType.RESUME_REQUEST if frame.request else FrameType.RESUME
+            head = _RESUME.pack(kind, len(frame.positions))
             return head + b"".join(_POSITION.pack(p.stream, p.received) for p in frame.positions)
         case OpenFrame():
             host = frame.host.encode("utf-8")
@@ -444,7 +462,7 @@ def _parse_exit(data: bytes, max_payload: int) -> Frame:
 
 def _parse_resume(data: bytes, max_payload: int) -> Frame:
     _need(data, _RESUME.size, "RESUME")
-    _, count = _RESUME.unpack_from(data)
+    kind, count = _RESUME.unpack_from(data)
     expected = _RESUME.size + count * _POSITION.size
     if len(data) != expected:
         raise ProtocolError(
@@ -455,7 +473,7 @@ def _parse_resume(data: bytes, max_payload: int) -> Frame:
         StreamPosition(stream, received)
         for stream, received in _POSITION.iter_unpack(data[_RESUME.size :])
     )
-    return ResumeFrame(positions)
+    return ResumeFrame(positions, request=kind == FrameType.RESUME_REQUEST)
 
 
 def _parse_open(data: bytes, max_payload: int) -> Frame:
@@ -493,6 +511,7 @@ _PARSERS: dict[int, Callable[[bytes, int], Frame]] = {
     FrameType.OPEN: _parse_open,
     FrameType.OPEN_FAILED: _parse_open_failed,
     FrameType.NOTICE: _parse_notice,
+    FrameType.RESUME_REQUEST: _parse_resume,
 }
 
 

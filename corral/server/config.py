@@ -96,6 +96,8 @@ class ServerConfig:
     # Largest data frame on a session stream, and whether keystrokes are recorded too.
     session_max_frame_bytes: int = 64 * 1024
     session_record_input: bool = False
+    # A shell session survives a dropped operator or node connection this long.
+    session_resume_grace_seconds: float = 60.0
     # Just-in-time access: the shortest and longest duration a request may ask for.
     access_min_duration_seconds: float = 60.0
     access_max_duration_seconds: float = 24 * 3600.0

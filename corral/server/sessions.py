@@ -80,8 +80,26 @@ class Live:
     rows: int
     agent: WebSocket | None = None
     operator: WebSocket | None = None
+    # Set while that side is connected (and, for a port session's agent, has said it
+    # serves port sessions).
     agent_ready: asyncio.Event = field(default_factory=asyncio.Event)
     operator_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Connections each side has made so far: a second one resumes the session.
+    agent_connections: int = 0
+    operator_connections: int = 0
+    joined: bool = False  # both sides were ready once
+    # Frames to each side are sent under its lock, so a replaced connection's pump
+    # can never slip a stale frame in after the new connection's RESUME.
+    agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    operator_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # After the other side reconnected, this side's DATA, ACK and EOF are dropped until
+    # its RESUME: they were sent before it knew what the reconnected side has.
+    drop_from_agent: bool = False
+    drop_from_operator: bool = False
+    # Highest byte offset seen on each stream: resent bytes are counted, recorded and
+    # shown to observers once.
+    input_seen: int = 0
+    output_seen: int = 0
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # end() has run to the end
     end_reason: str = ""
@@ -151,6 +169,7 @@ class SessionHub:
             max_duration_seconds=self._config.session_max_duration_seconds,
             host=new.target_host,
             port=new.target_port,
+            resume_grace_seconds=0.0 if port else self._config.session_resume_grace_seconds,
         )
         if not await self._bus.publish(new.node_id, start):
             self._live.pop(record.id, None)
@@ -165,7 +184,7 @@ class SessionHub:
 
     def _connect_deadline(self, session_id: str) -> None:
         live = self._live.get(session_id)
-        if live is not None and not (live.agent_ready.is_set() and live.operator_ready.is_set()):
+        if live is not None and not live.joined:
             self.spawn(
                 self.end(session_id, "Failed", "the node or the operator did not connect in time")
             )
@@ -263,41 +282,113 @@ class SessionHub:
     async def serve_agent(self, websocket: WebSocket, session_id: str, node_id: str) -> None:
         """The node's side: its shell's output comes in, keystrokes go out."""
         live = self._live.get(session_id)
-        if live is None or live.record.node_id != node_id or live.agent is not None:
+        if live is None or live.record.node_id != node_id or live.ended.is_set():
             await websocket.close(1008)
             return
         await websocket.accept()
-        live.agent = websocket
-        if live.ledger is None:  # a port session's agent is ready once it said so
-            live.agent_ready.set()
-        live.record = await self._store.session_connected(session_id, time.time())
-        if live.writer is None and live.record.recording_key is not None:
-            live.writer = AsciicastWriter(
-                width=live.cols, height=live.rows, command=live.record.command, start=time.time()
-            )
-            await self._record(live, lambda _at: live.writer.header() if live.writer else b"", 0.0)
-        try:
-            await self._pump(live, websocket, from_agent=True)
-        finally:
-            if not live.ended.is_set():
-                await self.end(session_id, "Failed", "the node's session connection was lost")
-            await self._until_finished(live)
+        resuming = self._attach(live, websocket, from_agent=True)
+        if live.ledger is None or resuming:  # a port session's agent: once it said so
+            self._ready(live, from_agent=True)
+        if not resuming:
+            live.record = await self._store.session_connected(session_id, time.time())
+            if live.writer is None and live.record.recording_key is not None:
+                live.writer = AsciicastWriter(
+                    width=live.cols,
+                    height=live.rows,
+                    command=live.record.command,
+                    start=time.time(),
+                )
+                await self._record(
+                    live, lambda _at: live.writer.header() if live.writer else b"", 0.0
+                )
+        else:
+            logger.info("session resumed by the node session_id=%s", session_id)
+        code = await self._pump(live, websocket, from_agent=True, resuming=resuming)
+        await self._detach(live, websocket, from_agent=True, code=code)
 
     async def serve_operator(self, websocket: WebSocket, session_id: str) -> None:
         """The operator's side: keystrokes and window sizes in, the shell's output out."""
         live = self._live.get(session_id)
-        if live is None or live.operator is not None:
+        if live is None or live.ended.is_set():
             await websocket.close(1008)
             return
         await websocket.accept()
-        live.operator = websocket
-        live.operator_ready.set()
-        try:
-            await self._pump(live, websocket, from_agent=False)
-        finally:
-            if not live.ended.is_set():
-                await self.end(session_id, "Terminated", "the operator disconnected")
+        resuming = self._attach(live, websocket, from_agent=False)
+        if resuming:
+            logger.info("session resumed by the operator session_id=%s", session_id)
+        self._ready(live, from_agent=False)
+        code = await self._pump(live, websocket, from_agent=False, resuming=resuming)
+        await self._detach(live, websocket, from_agent=False, code=code)
+
+    def _attach(self, live: Live, websocket: WebSocket, from_agent: bool) -> bool:
+        """Make `websocket` this side's connection; True when it replaces an earlier one."""
+        if from_agent:
+            old, live.agent = live.agent, websocket
+            live.agent_connections += 1
+            resuming = live.agent_connections > 1
+            if resuming:
+                live.drop_from_operator = True
+        else:
+            old, live.operator = live.operator, websocket
+            live.operator_connections += 1
+            resuming = live.operator_connections > 1
+            if resuming:
+                live.drop_from_agent = True
+        if old is not None:  # half-open, or the peer gave up on it: its pump stops
+            self.spawn(_close_quietly(old))
+        return resuming
+
+    def _ready(self, live: Live, from_agent: bool) -> None:
+        (live.agent_ready if from_agent else live.operator_ready).set()
+        if live.agent_ready.is_set() and live.operator_ready.is_set():
+            live.joined = True
+
+    async def _detach(
+        self, live: Live, websocket: WebSocket, from_agent: bool, code: int | None
+    ) -> None:
+        """A side's connection ended: end the session, or wait for that side to come back."""
+        current = live.agent if from_agent else live.operator
+        if current is websocket and not live.ended.is_set():
+            side = "node" if from_agent else "operator"
+            grace = self._config.session_resume_grace_seconds
+            if from_agent:
+                live.agent = None
+                live.agent_ready.clear()
+            else:
+                live.operator = None
+                live.operator_ready.clear()
+            status = "Failed" if from_agent else "Terminated"
+            if code in (1000, 1001):  # closed on purpose: no coming back
+                reason = f"the {side} closed the session connection"
+                await self.end(live.record.id, status, reason)
+            elif grace <= 0 or live.ledger is not None or not live.joined:
+                # Port sessions do not resume yet (their connections would need it).
+                await self.end(live.record.id, status, f"the {side}'s session connection was lost")
+            else:
+                logger.info(
+                    "session connection lost session_id=%s side=%s grace=%ss",
+                    live.record.id,
+                    side,
+                    grace,
+                )
+                count = live.agent_connections if from_agent else live.operator_connections
+                asyncio.get_running_loop().call_later(
+                    grace, self._grace_over, live, from_agent, count, status
+                )
+        if live.ended.is_set():
             await self._until_finished(live)
+
+    def _grace_over(self, live: Live, from_agent: bool, count: int, status: str) -> None:
+        """The grace period of a lost connection is over: end unless that side is back."""
+        if live.ended.is_set():
+            return
+        connections = live.agent_connections if from_agent else live.operator_connections
+        current = live.agent if from_agent else live.operator
+        if current is None and connections == count:
+            side = "node" if from_agent else "operator"
+            grace = self._config.session_resume_grace_seconds
+            reason = f"the {side}'s connection was lost and not restored within {grace:g} s"
+            self.spawn(self.end(live.record.id, status, reason))
 
     @staticmethod
     async def _until_finished(live: Live) -> None:
@@ -305,25 +396,29 @@ class SessionHub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(live.finished.wait(), 10)
 
-    async def _pump(self, live: Live, websocket: WebSocket, from_agent: bool) -> None:
-        """Forward frames from one side to the other until the session ends."""
-        peer_ready = live.operator_ready if from_agent else live.agent_ready
+    async def _pump(
+        self, live: Live, websocket: WebSocket, from_agent: bool, resuming: bool
+    ) -> int | None:
+        """Forward frames from one side to the other; returns the close code, if any."""
         max_payload = self._config.session_max_frame_bytes
+        side = "node" if from_agent else "operator"
         while not live.ended.is_set():
             try:
                 message = await websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
+            except WebSocketDisconnect as disconnect:
+                return disconnect.code
+            except RuntimeError:
+                return None
             if message["type"] == "websocket.disconnect":
-                return
+                code = message.get("code")
+                return int(code) if code is not None else None
             data = message.get("bytes")
             if data is None:
                 await self.end(live.record.id, "Failed", "a text frame on a binary session stream")
-                return
+                return None
             try:
                 frame = streams.decode(data, max_payload)
             except ProtocolError as error:
-                side = "node" if from_agent else "operator"
                 logger.warning(
                     "session protocol error session_id=%s side=%s code=%s message=%s",
                     live.record.id,
@@ -332,26 +427,69 @@ class SessionHub:
                     error.message,
                 )
                 await self.end(live.record.id, "Failed", f"the {side} broke the session protocol")
-                return
+                return None
+            if isinstance(frame, streams.ResumeFrame):
+                if frame.request:  # only the server asks for a resume
+                    await self.end(
+                        live.record.id, "Failed", f"the {side} broke the session protocol"
+                    )
+                    return None
+                if resuming:  # the first frame of a replacing connection: ask the peer
+                    resuming = False
+                    frame = dataclasses.replace(frame, request=True)
+                    data = streams.encode(frame)
+            elif resuming:
+                await self.end(
+                    live.record.id, "Failed", f"the {side} resumed the session without RESUME"
+                )
+                return None
             if live.ledger is not None:
                 step = await self._inspect_port(live, live.ledger, frame, from_agent, websocket)
+            elif isinstance(frame, streams.ResumeFrame):
+                step = _Next.FORWARD
             else:
                 step = _Next.FORWARD if await self._inspect(live, frame, from_agent) else _Next.STOP
             if step is _Next.STOP:
-                return
+                return None
             if step is _Next.SKIP:
                 continue
+            if not await self._forward(live, websocket, from_agent, frame, data):
+                return None
+        return None
+
+    async def _forward(
+        self, live: Live, websocket: WebSocket, from_agent: bool, frame: streams.Frame, data: bytes
+    ) -> bool:
+        """Send one frame to the other side; False once this connection was replaced."""
+        peer_ready = live.operator_ready if from_agent else live.agent_ready
+        lock = live.operator_lock if from_agent else live.agent_lock
+        while True:
             if not peer_ready.is_set():
                 await _either(peer_ready, live.ended)
-            peer = live.operator if from_agent else live.agent
-            if peer is None or live.ended.is_set():
-                return
-            try:
-                await peer.send_bytes(data)  # awaited: a slow reader slows the writer down
-            except Exception:  # the peer went away; its own pump ends the session
-                return
-            if from_agent and live.observers and isinstance(frame, streams.DataFrame):
-                self._to_observers(live, frame.payload)
+            if live.ended.is_set():
+                return False
+            async with lock:
+                if (live.agent if from_agent else live.operator) is not websocket:
+                    return False  # replaced: the new connection's frames are the ones that count
+                peer = live.operator if from_agent else live.agent
+                if peer is None:
+                    continue  # the other side dropped meanwhile: wait for it again
+                if isinstance(frame, streams.ResumeFrame):
+                    if from_agent:
+                        live.drop_from_agent = False
+                    else:
+                        live.drop_from_operator = False
+                elif (live.drop_from_agent if from_agent else live.drop_from_operator) and (
+                    isinstance(frame, streams.DataFrame | streams.AckFrame | streams.EofFrame)
+                ):
+                    return True  # sent before its RESUME: the resend covers it
+                try:
+                    await peer.send_bytes(data)  # awaited: a slow reader slows the writer down
+                except Exception:  # the peer went away; its own pump handles that
+                    logger.debug(
+                        "frame to a closed connection dropped session_id=%s", live.record.id
+                    )
+                return True
 
     def _to_observers(self, live: Live, payload: bytes) -> None:
         """Copy output to observers; one too slow to keep up is dropped, never waited for."""
@@ -427,25 +565,33 @@ class SessionHub:
         """Count, record and police one frame; False when it ended the session."""
         live.last_activity = time.monotonic()
         now = time.time()
-        if isinstance(frame, streams.DataFrame):
+        if isinstance(frame, streams.DataFrame | streams.EofFrame):
             expected = OUTPUT if from_agent else INPUT
-            if frame.stream != expected:
+            seen = live.output_seen if from_agent else live.input_seen
+            if frame.stream != expected or frame.offset > seen:
                 await self.end(live.record.id, "Failed", f"data on stream {frame.stream}")
                 return False
+            if isinstance(frame, streams.EofFrame):
+                return True
+            # Bytes resent after a resume are forwarded (the receiver drops what it
+            # has) but counted, recorded and shown to observers only once.
+            fresh = frame.payload[seen - frame.offset :]
+            if not fresh:
+                return True
             if from_agent:
-                live.bytes_out += len(frame.payload)
-                live.recent += frame.payload
+                live.output_seen = frame.end
+                live.bytes_out += len(fresh)
+                live.recent += fresh
                 del live.recent[: max(0, len(live.recent) - OBSERVER_CATCH_UP_BYTES)]
+                if live.observers:
+                    self._to_observers(live, fresh)
                 if live.writer is not None:
-                    await self._record(
-                        live, functools.partial(live.writer.output, frame.payload), now
-                    )
+                    await self._record(live, functools.partial(live.writer.output, fresh), now)
             else:
-                live.bytes_in += len(frame.payload)
+                live.input_seen = frame.end
+                live.bytes_in += len(fresh)
                 if live.writer is not None and self._config.session_record_input:
-                    await self._record(
-                        live, functools.partial(live.writer.input, frame.payload), now
-                    )
+                    await self._record(live, functools.partial(live.writer.input, fresh), now)
             return True
         if isinstance(frame, streams.ResizeFrame) and not from_agent:
             if live.writer is not None:
@@ -453,6 +599,9 @@ class SessionHub:
                     live, functools.partial(live.writer.resize, frame.cols, frame.rows), now
                 )
             return True
+        if isinstance(frame, streams.ExitFrame) and not from_agent:
+            await self.end(live.record.id, "Terminated", "the operator closed the session")
+            return False
         if isinstance(frame, streams.ExitFrame) and from_agent:
             live.exit_code = frame.code
             await self.end(
@@ -495,7 +644,7 @@ class SessionHub:
                     "the node's agent does not support port forwarding; upgrade it",
                 )
                 return _Next.STOP
-            live.agent_ready.set()
+            self._ready(live, from_agent=True)
             return _Next.SKIP
         decision = ledger.inspect(frame, from_agent, time.time())
         if decision.verdict is Verdict.VIOLATION:
@@ -567,6 +716,12 @@ class SessionHub:
     def live(self, session_id: str) -> Live | None:
         """The live state of a session on this server, if any."""
         return self._live.get(session_id)
+
+
+async def _close_quietly(websocket: WebSocket) -> None:
+    """Close a connection that was replaced (it may be half-open already)."""
+    with contextlib.suppress(Exception):
+        await websocket.close(1000)
 
 
 async def _either(first: asyncio.Event, second: asyncio.Event) -> None:

@@ -18,6 +18,7 @@ class _Trigger:
     direction: str
     after: int
     hold: bool  # hold the connection still instead of cutting it
+    outage: bool = False  # cut every connection and refuse new ones until `restore`
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Relay:
         self._pairs: list[_Pair] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._closed = False
+        self._refusing = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -59,6 +61,10 @@ class Relay:
     def cut_after(self, direction: str, count: int) -> None:
         """Cut the first connection that carries `count` bytes in `direction` (once)."""
         self._trigger = _Trigger(direction, count, hold=False)
+
+    def outage_after(self, direction: str, count: int) -> None:
+        """`outage()` once a connection carried `count` bytes in `direction` (mid-flow)."""
+        self._trigger = _Trigger(direction, count, hold=False, outage=True)
 
     def hold_after(self, direction: str, count: int) -> None:
         """Stop forwarding on the first connection that carries `count` bytes in `direction`."""
@@ -71,6 +77,27 @@ class Relay:
         if pair is not None:
             pair.close()
             pair.released.set()
+
+    def cut(self) -> None:
+        """Close every connection now (each side sees its peer reset)."""
+        for pair in list(self._pairs):
+            self.cuts += 1
+            pair.close()
+            pair.released.set()
+        self._pairs.clear()
+
+    def refuse(self, refusing: bool = True) -> None:
+        """While refusing, a new connection is closed as soon as it is accepted."""
+        self._refusing = refusing
+
+    def outage(self) -> None:
+        """The network is down: cut every connection and refuse new ones (until `restore`)."""
+        self.refuse()
+        self.cut()
+
+    def restore(self) -> None:
+        """The network is back: accept connections again."""
+        self.refuse(False)
 
     def close(self) -> None:
         """Stop accepting and close every connection."""
@@ -87,6 +114,11 @@ class Relay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._refusing:
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:
@@ -129,6 +161,9 @@ class Relay:
                     self._held_pair = pair
                     self.held.set()
                     pair.released.wait()
+                    return
+                if trigger.outage:
+                    self.outage()
                     return
                 self.cuts += 1
                 pair.close()

@@ -46,6 +46,7 @@ class Terminal:
         )
         os.close(slave)
         self.buffer = b""
+        self.transcript = b""  # everything read, for checks on the whole output
 
     def resize(self, cols: int, rows: int, fd: int | None = None) -> None:
         fcntl.ioctl(
@@ -77,6 +78,7 @@ class Terminal:
                 if not chunk:
                     raise AssertionError(f"EOF waiting for {pattern!r}: {self.buffer[-2000:]!r}")
                 self.buffer += chunk
+                self.transcript += chunk
 
     def wait(self, timeout: float = 15.0) -> int:
         deadline = time.monotonic() + timeout
@@ -84,7 +86,9 @@ class Terminal:
             ready, _, _ = select.select([self.master], [], [], 0.1)
             if ready:
                 with contextlib.suppress(OSError):
-                    self.buffer += os.read(self.master, 65536)
+                    chunk = os.read(self.master, 65536)
+                    self.buffer += chunk
+                    self.transcript += chunk
         return self.process.wait(1)
 
     def close(self) -> None:

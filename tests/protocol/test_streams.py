@@ -52,6 +52,10 @@ from corral.protocol.streams import (
             ResumeFrame((StreamPosition(0, 5), StreamPosition(1, 6))),
             "06 0002 00000000 0000000000000005 00000001 0000000000000006",
         ),
+        (
+            ResumeFrame((StreamPosition(1, 6),), request=True),
+            "0a 0001 00000001 0000000000000006",
+        ),
         (OpenFrame(3, "db", 5432), "07 00000003 0002 6462 1538"),
         (OpenFailedFrame(3, "no"), "08 00000003 6e6f"),
     ],
@@ -78,6 +82,7 @@ def test_wire_layout_is_big_endian_as_documented(frame: Frame, wire: str) -> Non
         ExitFrame(2**31 - 1, "é" * (MAX_REASON_BYTES // 2)),
         ResumeFrame(),
         ResumeFrame(tuple(StreamPosition(s, s * 1000) for s in range(100))),
+        ResumeFrame(request=True),
         OpenFrame(5, "localhost", 1),
         OpenFrame(5, "[::1]", 65535),
         OpenFrame(5, "bücher.example", 443),
@@ -115,7 +120,7 @@ def head(kind: int, fmt: str = "", *values: int) -> bytes:
     [
         (b"", "bad_frame", "empty frame"),
         (b"\x00", "bad_frame", "unknown frame type 0x00"),
-        (b"\x0a\x00\x00", "bad_frame", "unknown frame type 0x0a"),
+        (b"\x0b\x00\x00", "bad_frame", "unknown frame type 0x0b"),
         (b"\x09no\nway", "bad_frame", "NOTICE reason contains control"),
         (b"\xff", "bad_frame", "unknown frame type 0xff"),
         # DATA
@@ -272,6 +277,7 @@ any_frame = st.one_of(
         st.dictionaries(st.integers(0, MAX_STREAM), st.integers(0, MAX_OFFSET), max_size=20).map(
             lambda positions: tuple(StreamPosition(s, r) for s, r in positions.items())
         ),
+        st.booleans(),
     ),
     st.builds(
         OpenFrame,

@@ -101,7 +101,9 @@ async def start_session(
         )
     else:
         caller.note(session_id=record.id)
-    return session_json(record)
+    grace = 0.0 if new.kind == "port" else context.config.session_resume_grace_seconds
+    # How long the client may take to reconnect a dropped stream (it is not stored).
+    return {**session_json(record), "resume_grace_seconds": grace}
 
 
 def _new_session(body: SessionCreate, owner: str) -> NewSession:

@@ -1,0 +1,304 @@
+"""One end of a shell session's byte streams, kept alive across dropped connections.
+
+The operator's CLI and the agent each run a `Link` over their WebSocket to the
+server. It owns the two directions of the session at this end: a
+`streams.StreamSender` for what this end writes (keystrokes at the CLI, the shell's
+output at the agent) and a `streams.StreamReceiver` for what it reads. Because the
+byte positions live here and not in a connection, a connection that drops is
+replaced within `grace` seconds and the session goes on where it was, with no byte
+lost or repeated:
+
+* **Reconnect.** When the connection drops, the sender pauses (nothing is sent into
+  a connection that may not deliver it) and the link connects again, with a
+  growing pause between attempts (at most `retry_cap` seconds), until `grace`
+  seconds have passed. The first frame on the new connection is a RESUME saying how
+  much this end has received; the sender stays paused until the peer's RESUME
+  says where to start again (`streams` explains the exchange). If the server
+  refuses the new connection (the session ended meanwhile), or `grace` runs out,
+  `run()` raises `LinkClosed`.
+* **Answer a resume.** A RESUME_REQ (the other end reconnected) resumes the sender
+  from the positions in it, and the answering RESUME goes out first, in the same
+  step, before any resent byte.
+* **Flow control.** `write()` waits while the window is full (bytes sent but not
+  acknowledged), so a producer faster than the consumer at the far end is slowed
+  down and this end holds at most one window. Received bytes wait in an inbox
+  (at most one window, the peer's sender guarantees it) until `deliver` has taken
+  them, and only then are they acknowledged: a slow consumer here slows the far
+  producer down, while this end keeps reading frames (acks, resumes) meanwhile.
+* **Order.** Everything sent goes out under one lock, so frames handed out by the
+  sender reach the connection in the order of their offsets.
+* **Control frames** (RESIZE, EXIT) are sent once; the latest of each is sent again
+  after every resume (both are idempotent). Others go to `on_control`, which returns
+  True when the session is over (the server's EXIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from corral.errors import ProtocolError
+from corral.protocol import streams
+
+logger = logging.getLogger(__name__)
+
+FIRST_RETRY_SECONDS = 0.05
+LOST, RESTORED = "lost", "restored"
+
+
+class LinkClosed(Exception):
+    """The session's connection could not be kept: `reason` says why."""
+
+    def __init__(self, reason: str, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        # True when the server refused the new connection: the session had ended.
+        self.refused = refused
+
+
+class Link:
+    """The session's streams at this end, across its connections to the server."""
+
+    def __init__(
+        self,
+        *,
+        send_stream: int,
+        receive_stream: int,
+        connect: Callable[[], Any],
+        deliver: Callable[[bytes], Awaitable[None]],
+        on_control: Callable[[streams.Frame], Awaitable[bool]],
+        grace: float,
+        retry_cap: float = 1.0,
+        on_state: Callable[[str], None] | None = None,
+        window: int = streams.DEFAULT_WINDOW,
+        max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self._connect = connect
+        self._deliver = deliver
+        self._on_control = on_control
+        self._on_state = on_state or (lambda _state: None)
+        self._grace = max(0.0, grace)
+        self._retry_cap = max(FIRST_RETRY_SECONDS, retry_cap)
+        self._max_payload = max_payload
+        self._ack_every = max(1, window // 4)
+        self._sender = streams.StreamSender(send_stream, window)
+        self._receiver = streams.StreamReceiver(receive_stream, window)
+        self._ws: Any = None
+        self._lock = asyncio.Lock()
+        self._room = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._inbox = bytearray()
+        self._controls: dict[type, streams.Frame] = {}
+        self.reconnects = 0
+
+    @property
+    def sent(self) -> int:
+        """Bytes written by this end so far (accepted by `write`)."""
+        return self._sender.written_offset
+
+    @property
+    def received(self) -> int:
+        """Bytes received from the far end so far."""
+        return self._receiver.received
+
+    # --- the connection loop ------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, and reconnect within the grace period, until the session is over.
+
+        Errors of the first connection are raised as they are (the caller knows how
+        to report them); a ProtocolError from the peer is raised too.
+        """
+        consumer = asyncio.create_task(self._consume())
+        first = True
+        lost_at: float | None = None
+        attempt = 0
+        try:
+            while True:
+                try:
+                    async with self._connect() as ws:
+                        await self._attach(ws, resume=not first)
+                        if lost_at is not None:
+                            self.reconnects += 1
+                            self._on_state(RESTORED)
+                        first, lost_at, attempt = False, None, 0
+                        if await self._read(ws):
+                            return
+                except InvalidStatus as error:
+                    if first:
+                        raise
+                    status = error.response.status_code
+                    raise LinkClosed(
+                        f"the server refused to resume the session (HTTP {status}): it has ended",
+                        refused=True,
+                    ) from None
+                except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as error:
+                    if first:
+                        raise
+                    logger.debug("session connection lost: %s", error)
+                finally:
+                    self._detach()
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = now
+                    self._on_state(LOST)
+                left = self._grace - (now - lost_at)
+                if left <= 0:
+                    raise LinkClosed(
+                        f"the connection to the server was lost and not restored"
+                        f" within {self._grace:g} s"
+                    )
+                await asyncio.sleep(min(left, self._retry_cap, FIRST_RETRY_SECONDS * 2**attempt))
+                attempt = min(attempt + 1, 30)
+        finally:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await consumer
+
+    async def _attach(self, ws: Any, resume: bool) -> None:
+        async with self._lock:
+            if resume:
+                position = self._receiver.resume_position()
+                await ws.send(streams.encode(streams.ResumeFrame((position,))))
+            self._ws = ws
+            if not resume:  # a first connection: anything written before it goes now
+                await self._send_frames(ws, self._sender.frames(self._max_payload))
+
+    def _detach(self) -> None:
+        if self._ws is not None:
+            self._ws = None
+            self._sender.connection_lost()
+
+    async def _read(self, ws: Any) -> bool:
+        """Apply frames until the connection closes (False) or the session is over (True)."""
+        async for raw in ws:
+            if not isinstance(raw, bytes):
+                raise ProtocolError("a text frame on a session stream", "bad_frame")
+            frame = streams.decode(raw, self._max_payload)
+            if isinstance(frame, streams.DataFrame | streams.EofFrame | streams.AckFrame):
+                self._on_stream_frame(frame)
+            elif isinstance(frame, streams.ResumeFrame):
+                await self._resume(frame)
+            elif await self._on_control(frame):
+                return True
+        return False
+
+    def _on_stream_frame(
+        self, frame: streams.DataFrame | streams.EofFrame | streams.AckFrame
+    ) -> None:
+        expected = self._sender.stream if isinstance(frame, streams.AckFrame) else None
+        expected = self._receiver.stream if expected is None else expected
+        if frame.stream != expected:
+            raise ProtocolError(
+                f"{type(frame).__name__} on stream {frame.stream}, expected {expected}",
+                "bad_frame",
+            )
+        if isinstance(frame, streams.DataFrame):
+            data = self._receiver.on_data(frame.offset, frame.payload)
+            if data:
+                self._inbox += data
+                self._arrived.set()
+        elif isinstance(frame, streams.EofFrame):
+            self._receiver.on_eof(frame.offset)
+            self._arrived.set()
+        else:
+            self._sender.on_ack(frame.offset)
+            self._room.set()
+
+    async def _resume(self, frame: streams.ResumeFrame) -> None:
+        """The peer says what it has: resend the rest (answering first when asked)."""
+        async with self._lock:
+            ws = self._ws
+            if ws is None:
+                return
+            received = frame.received().get(self._sender.stream, 0)
+            resent = self._sender.resume(received, self._max_payload)
+            if frame.request:
+                answer = streams.ResumeFrame((self._receiver.resume_position(),))
+                await ws.send(streams.encode(answer))
+            await self._send_frames(ws, resent)
+            for control in self._controls.values():
+                await ws.send(streams.encode(control))
+        self._room.set()
+
+    # --- sending ----------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        """Send `data`, waiting while the window is full (or the connection is down)."""
+        view = memoryview(data)
+        while view:
+            taken = self._sender.offer(view)
+            view = view[taken:]
+            await self._flush()
+            if view:
+                self._room.clear()
+                if self._sender.writable == 0:
+                    await self._room.wait()
+
+    async def close_output(self) -> None:
+        """No more data from this end: the far end gets EOF after the last byte."""
+        if not self._sender.closed:
+            self._sender.close()
+        await self._flush()
+
+    async def drained(self) -> None:
+        """Wait until the far end acknowledged every byte written here (after close_output)."""
+        while not (self._sender.closed and self._sender.buffered == 0):
+            self._room.clear()
+            await self._room.wait()
+
+    async def send_control(self, frame: streams.Frame) -> None:
+        """Send a RESIZE or EXIT now if connected; the latest of each again after a resume."""
+        self._controls[type(frame)] = frame
+        async with self._lock:
+            ws = self._ws
+            if ws is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(streams.encode(frame))
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            ws = self._ws
+            if ws is not None:  # frames() hands out bytes only while connected
+                await self._send_frames(ws, self._sender.frames(self._max_payload))
+
+    @staticmethod
+    async def _send_frames(ws: Any, frames: list[streams.StreamFrame]) -> None:
+        try:
+            for frame in frames:
+                await ws.send(streams.encode(frame))
+        except ConnectionClosed:
+            pass  # the reader sees the drop; a resume sends these again
+
+    # --- receiving --------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        """Hand received bytes to `deliver`, then acknowledge them."""
+        while True:
+            if self._inbox:
+                data = bytes(self._inbox)
+                self._inbox.clear()
+                await self._deliver(data)
+                if not self._inbox:
+                    await self._ack(self._receiver.ack_due(self._ack_every))
+                continue
+            if self._receiver.eof:
+                await self._ack(self._receiver.ack_due(force=True))
+                return
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _ack(self, ack: streams.AckFrame | None) -> None:
+        if ack is None:
+            return
+        async with self._lock:
+            ws = self._ws
+            if ws is not None:  # otherwise the next RESUME carries the position
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(streams.encode(ack))

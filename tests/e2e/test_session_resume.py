@@ -1,0 +1,160 @@
+"""A shell session survives a dropped connection, operator <-> server or server <-> node,
+without losing or repeating a byte: real server, agent, pty and CLI, with TCP relays
+the test controls standing in for the network (cut, refused for a while, restored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import AGENT_ENV, PYTHON, Fleet, wait_for
+from tests.e2e.relay import DOWN, UP, Relay
+from tests.e2e.test_sessions import SESSION_ENV, Terminal, cli_env
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="sessions as another account need the agent to run as root"
+)
+
+GRACE_SECONDS = 6
+LINES = 100_000
+_NOTE = re.compile(rb"\r\n\[corral: [^\]\r\n]*\]\r\n")
+_LINE = re.compile(rb"L(\d+)$")
+
+
+@pytest.fixture
+def resume_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, Relay]]:
+    """A server with a short grace period, and one agent that reaches it through a relay."""
+    AGENT_ENV.update(SESSION_ENV)
+    fleet = Fleet(tmp_path)
+    fleet.server.extra_args = ["--session-resume-grace", f"{GRACE_SECONDS}s"]
+    relay: Relay | None = None
+    try:
+        fleet.start_server()
+        relay = Relay(fleet.server.port)
+        [agent] = fleet.add_agents(1, tags=["env=dev"], start=False)
+        identity_file = agent.state_dir / "identity.json"
+        identity = json.loads(identity_file.read_text())
+        identity["server_url"] = relay.url
+        identity_file.write_text(json.dumps(identity))
+        agent.start()
+        fleet.wait_online([agent.node_id])
+        yield fleet, relay
+    except BaseException:
+        print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
+        raise
+    finally:
+        for key in SESSION_ENV:
+            AGENT_ENV.pop(key, None)
+        if relay is not None:
+            relay.close()
+        fleet.stop()
+
+
+def _start(fleet: Fleet, server_url: str) -> Terminal:
+    env = cli_env(fleet)
+    env["CORRAL_SERVER"] = server_url
+    term = Terminal([PYTHON, "-m", "corral", "session", "start", fleet.agents[0].node_id], env)
+    term.send("echo rea''dy\r")
+    term.expect("ready")
+    return term
+
+
+def _numbered_lines(raw: bytes) -> list[int]:
+    """The L<n> lines of a terminal's output, the CLI's own notes taken out."""
+    lines = _NOTE.sub(b"", raw).split(b"\r\n")
+    # A line's text is what follows its last carriage return (the shell may redraw).
+    found = (_LINE.match(line.rsplit(b"\r", 1)[-1]) for line in lines)
+    return [int(match.group(1)) for match in found if match]
+
+
+@pytest.mark.parametrize("hops", ["operator", "node", "both"])
+def test_a_shell_survives_a_dropped_connection_without_losing_a_byte(
+    resume_fleet: tuple[Fleet, Relay], hops: str
+) -> None:
+    fleet, node_relay = resume_fleet
+    operator_relay = Relay(fleet.server.port)
+    # The network goes down in the middle of a flood of output: on the operator's
+    # side once 200 kB reached the CLI, on the node's once 200 kB left the agent.
+    if hops == "node":
+        node_relay.outage_after(UP, 200_000)
+        relays = [node_relay]
+    else:
+        operator_relay.outage_after(DOWN, 200_000)
+        relays = [operator_relay, node_relay] if hops == "both" else [operator_relay]
+    term = _start(fleet, operator_relay.url)
+    try:
+        # Typing echo is off, so what is typed during the outage does not land
+        # between the numbered lines (the shell prints it when it runs it).
+        term.send(f"stty -echo; seq -f L%g 1 {LINES}; echo DO''NE\r")
+        term.expect(r"L20000\r\n", timeout=30)
+        wait_for(lambda: relays[0].cuts > 0, timeout=15)
+        for relay in relays:
+            relay.outage()
+        term.send("echo typed-$((6*7)) during the outage\r")  # runs after seq
+        time.sleep(1.5)
+        for relay in relays:
+            relay.restore()
+        term.expect("DONE", timeout=60)
+        term.expect("typed-42 during the outage")
+        term.send("exit 5\r")
+        assert term.wait(timeout=30) == 5
+    finally:
+        term.close()
+        operator_relay.close()
+    everything = term.transcript
+    numbers = _numbered_lines(everything)
+    assert numbers == list(range(1, LINES + 1)), "output lost or repeated across the drop"
+    assert everything.count(b"typed-42 during the outage") == 1
+    if hops != "node":
+        assert b"[corral: connection lost; reconnecting" in everything
+        assert b"[corral: reconnected]" in everything
+    log = fleet.server.log()
+    for side in ("operator", "node") if hops == "both" else (hops,):
+        assert f"session resumed by the {side}" in log
+    server = fleet.server
+    [session] = server.cli_json("session", "list")
+    assert (session["status"], session["exit_code"]) == ("Terminated", 5)
+    cast = (server.data_dir / "blobs" / "recordings" / f"{session['session_id']}.cast").read_text()
+    output = "".join(
+        event[2] for event in map(json.loads, cast.splitlines()[1:]) if event[1] == "o"
+    ).encode()
+    assert _numbered_lines(output) == list(range(1, LINES + 1)), "the recording repeats bytes"
+    assert session["bytes_out"] == len(output)
+
+
+@pytest.mark.parametrize("side", ["operator", "node"])
+def test_a_session_ends_when_its_connection_stays_down_past_the_grace_period(
+    resume_fleet: tuple[Fleet, Relay], side: str
+) -> None:
+    fleet, node_relay = resume_fleet
+    operator_relay = Relay(fleet.server.port)
+    term = _start(fleet, operator_relay.url)
+    started = time.monotonic()
+    try:
+        (operator_relay if side == "operator" else node_relay).outage()
+        code = term.wait(timeout=GRACE_SECONDS + 20)
+    finally:
+        term.close()
+        operator_relay.close()
+        node_relay.restore()
+    took = time.monotonic() - started
+    assert GRACE_SECONDS - 1 <= took <= GRACE_SECONDS + 15
+    [session] = fleet.server.cli_json("session", "list")
+    if side == "operator":
+        assert code == 5  # EXIT_UNAVAILABLE: the CLI could not get back
+        assert b"not restored within 6 s" in term.transcript
+        assert session["status"] == "Terminated"
+    else:
+        assert code == 1
+        assert b"[session ended: the node's connection was lost and not restored" in (
+            term.transcript
+        )
+        assert session["status"] == "Failed"
+    who = "operator" if side == "operator" else "node"
+    assert session["reason"] == f"the {who}'s connection was lost and not restored within 6 s"
