@@ -10,7 +10,9 @@ OPEN_FAILED and the reason ("connection refused", "timed out"). At most
 `MAX_STREAMS` connections are open at once; more are refused with a reason that
 says so. An OPEN for any other target is refused too (the server checks the same:
 the session was authorised for that target only). The session ends when the server
-says so (EXIT, or the connection closes), or after its maximum duration if it has one.
+says so (EXIT, or the connection closes for good), or after its maximum duration if
+it has one. A dropped connection is replaced within the grace period the server
+gave, and every carried connection goes on (`corral.sessions.tunnel`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,23 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from corral.errors import ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart
-from corral.sessions.tunnel import MAX_STREAMS, Endpoint, SocketEndpoint, Tunnel, describe
+from corral.sessions.link import LinkClosed
+from corral.sessions.tunnel import (
+    MAX_STREAMS,
+    Endpoint,
+    SocketEndpoint,
+    Tunnel,
+    TunnelLink,
+    describe,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,21 +90,38 @@ class PortForward:
         self._max_streams = max_streams
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self, ws: Any) -> None:
-        """Serve the session's frames on `ws` until it ends; closes every connection."""
+    async def run(
+        self,
+        connect: Callable[[], Any],
+        grace: float = 0.0,
+        retry_cap: float = 1.0,
+    ) -> None:
+        """Serve the session until it ends, reconnecting a dropped connection within
+        `grace` seconds; closes every connection at the end."""
+        link = TunnelLink(
+            connect=connect,
+            grace=grace,
+            retry_cap=retry_cap,
+            on_open=lambda frame: self._open(link, frame),
+            hello=[streams.ResumeFrame()],  # "ready, and I serve port sessions"
+            on_state=lambda state: logger.info(
+                "port session connection %s session_id=%s", state, self._session_id
+            ),
+        )
 
-        async def send(frame: streams.Frame) -> None:
-            await ws.send(streams.encode(frame))
-
-        tunnel = Tunnel(send)
-        try:
-            async with asyncio.timeout(self._max_duration):
-                await send(streams.ResumeFrame())  # "ready, and I serve port sessions"
-                await self._serve(ws, tunnel, send)
-        except TimeoutError:
+        async def watchdog(seconds: float) -> None:
+            await asyncio.sleep(seconds)
             logger.info("port session reached its maximum duration session_id=%s", self._session_id)
-            with contextlib.suppress(ConnectionClosed, OSError):
-                await send(streams.ExitFrame(-1, MAX_DURATION_REASON))
+            await link.send(streams.ExitFrame(-1, MAX_DURATION_REASON))
+            await link.close()
+
+        limit = (
+            None
+            if self._max_duration is None
+            else asyncio.create_task(watchdog(self._max_duration))
+        )
+        try:
+            await link.run()
         except ProtocolError as error:
             logger.warning(
                 "port session protocol error session_id=%s code=%s message=%s",
@@ -101,26 +129,26 @@ class PortForward:
                 error.code,
                 error.message,
             )
-        except ConnectionClosed:
-            pass
+        except LinkClosed as error:
+            logger.warning("port session over session_id=%s: %s", self._session_id, error.reason)
+        except (ConnectionClosed, OSError, InvalidHandshake) as error:
+            logger.warning(
+                "port session connection failed session_id=%s error=%s", self._session_id, error
+            )
         finally:
+            if limit is not None:
+                limit.cancel()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _serve(self, ws: Any, tunnel: Tunnel, send: Any) -> None:
-        async for raw in ws:
-            if not isinstance(raw, bytes):
-                raise ProtocolError("a text frame on a session stream")
-            frame = streams.decode(raw)
-            if isinstance(frame, streams.ExitFrame):
-                return  # the server ended the session
-            if isinstance(frame, streams.OpenFrame):
-                await self._open(tunnel, frame, send)
-            else:
-                tunnel.on_frame(frame)
-
-    async def _open(self, tunnel: Tunnel, frame: streams.OpenFrame, send: Any) -> None:
+    async def _open(self, link: TunnelLink, frame: streams.OpenFrame) -> None:
+        tunnel = link.tunnel
+        again = tunnel.repeated_open(frame.stream)
+        if again is not None:  # sent again after a resume: answer, never reconnect
+            for answer in again:
+                await link.send(answer)
+            return
         host, port = self._target
         if (frame.host, frame.port) != self._target:
             reason = f"this session may only open {host}:{port}"
@@ -132,7 +160,7 @@ class PortForward:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        await send(streams.OpenFailedFrame(frame.stream, streams.safe_reason(reason)))
+        await tunnel.refuse(frame.stream, reason)
 
     async def _carry(self, tunnel: Tunnel, stream: int) -> None:
         host, port = self._target

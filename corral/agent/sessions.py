@@ -35,7 +35,7 @@ from corral.agent.pty_session import PtySession, SessionLimits, default_session_
 from corral.errors import CorralError, ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart, SessionTerminate
-from corral.sessions.link import Link, LinkClosed
+from corral.sessions.link import LinkClosed, ShellLink
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,25 @@ class SessionManager:
             return
         if start.kind == "shell":
             await self._run_shell(identity, start)
-            return
-        try:
-            async with self._connect(identity, start.session_id) as ws:
-                await self._serve_other(ws, start)
-        except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake) as error:
+        elif start.kind == "port" and start.host is not None and start.port is not None:
+            logger.info(
+                "port session started session_id=%s target=%s:%d",
+                start.session_id,
+                start.host,
+                start.port,
+            )
+            await PortForward(start, self._connect_timeout).run(
+                lambda: self._connect(identity, start.session_id),
+                start.resume_grace_seconds,
+                self._retry_cap,
+            )
+            logger.info("port session ended session_id=%s", start.session_id)
+        else:
             logger.warning(
-                "session connection failed session_id=%s error=%s", start.session_id, error
+                "refusing session_id=%s: unknown kind %r", start.session_id, start.kind[:20]
+            )
+            await self._refuse(
+                identity, start, f"this agent does not run {start.kind[:20]!r} sessions"
             )
 
     async def _refuse(self, identity: Identity, start: SessionStart, reason: str) -> None:
@@ -130,21 +142,6 @@ class SessionManager:
             logger.warning(
                 "session connection failed session_id=%s error=%s", start.session_id, error
             )
-
-    async def _serve_other(self, ws: Any, start: SessionStart) -> None:
-        if start.kind == "port" and start.host is not None and start.port is not None:
-            logger.info(
-                "port session started session_id=%s target=%s:%d",
-                start.session_id,
-                start.host,
-                start.port,
-            )
-            await PortForward(start, self._connect_timeout).run(ws)
-            logger.info("port session ended session_id=%s", start.session_id)
-            return
-        logger.warning("refusing session_id=%s: unknown kind %r", start.session_id, start.kind[:20])
-        reason = f"this agent does not run {start.kind[:20]!r} sessions"
-        await ws.send(streams.encode(streams.ExitFrame(-1, streams.safe_reason(reason))))
 
     async def _run_shell(self, identity: Identity, start: SessionStart) -> None:
         """A shell on a pty, joined to the server by a `Link` that survives drops."""
@@ -189,7 +186,7 @@ class SessionManager:
         def on_state(state: str) -> None:
             logger.info("session connection %s session_id=%s", state, start.session_id)
 
-        link = Link(
+        link = ShellLink(
             send_stream=OUTPUT,
             receive_stream=INPUT,
             connect=lambda: self._connect(identity, start.session_id),
@@ -221,7 +218,7 @@ class SessionManager:
             logger.info("session ended session_id=%s status=%d", start.session_id, code)
 
     @staticmethod
-    async def _pump_output(shell: PtySession, link: Link) -> None:
+    async def _pump_output(shell: PtySession, link: ShellLink) -> None:
         """The shell's output to the operator; then, once all of it arrived, its EXIT."""
         while True:
             data = await shell.read(READ_BYTES)

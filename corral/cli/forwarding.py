@@ -7,7 +7,9 @@ connections; `proxy` opens one stream and pipes this process's stdin and stdout
 through it, which is what OpenSSH's ProxyCommand expects. A connection the node
 could not make (or that broke) is closed here and its reason printed on stderr.
 SIGINT, SIGTERM and SIGHUP end the session cleanly: the CLI sends EXIT, and the
-server records it as closed by the operator.
+server records it as closed by the operator. If the connection to the server drops,
+the session reconnects within the server's grace period and every carried
+connection goes on where it was (`corral.sessions.tunnel.TunnelLink`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from corral.cli.client import EXIT_FAILED, EXIT_USAGE, CliError
+from corral.cli.client import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from corral.errors import ProtocolError
 from corral.protocol import streams
-from corral.sessions.tunnel import MAX_STREAMS, Endpoint, SocketEndpoint, Tunnel
+from corral.sessions.link import LOST, LinkClosed
+from corral.sessions.tunnel import MAX_STREAMS, Endpoint, SocketEndpoint, TunnelLink
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +82,31 @@ def _warn(message: str) -> None:
 class _Session:
     """The stream connection of one port session, with its tunnel and its tasks."""
 
-    def __init__(self, ws: Any, target: Target) -> None:
-        self.ws = ws
+    def __init__(self, connect: Callable[[], Any], target: Target, grace: float) -> None:
         self.target = target
-        self.tunnel = Tunnel(self.send)
+        self.link = TunnelLink(
+            connect=connect,
+            grace=grace,
+            retry_cap=min(2.0, max(0.1, grace / 10)),
+            on_state=self._on_state,
+        )
+        self.tunnel = self.link.tunnel
+        self.grace = grace
         self.tasks: set[asyncio.Future[object]] = set()
         self.stop = asyncio.Event()
         self.ended_reason: str | None = None
+        self.lost = False  # the session could not be resumed (exit status 5)
+
+    def _on_state(self, state: str) -> None:
+        if state == LOST:
+            _warn(
+                f"connection to the server lost; reconnecting (the session waits {self.grace:g} s)"
+            )
+        else:
+            _warn("reconnected; every connection carries on")
 
     async def send(self, frame: streams.Frame) -> None:
-        await self.ws.send(streams.encode(frame))
+        await self.link.send(frame)
 
     def spawn(self, coroutine: Awaitable[object]) -> None:
         task: asyncio.Future[object] = asyncio.ensure_future(coroutine)
@@ -100,6 +118,7 @@ class _Session:
 
         Called by one task at a time, in stream order: the server insists on growing ids.
         """
+        await self.link.ready.wait()  # an OPEN needs the session's first connection
         await self.tunnel.open(stream, self.target.host, self.target.port)
 
     async def carry(self, stream: int, endpoint: Endpoint, label: str) -> str | None:
@@ -110,20 +129,17 @@ class _Session:
         return failure
 
     async def receive(self) -> None:
-        """Frames from the server until the session ends (EXIT, or the connection closes)."""
+        """The session's connection, kept until the session ends (EXIT, or for good)."""
         try:
-            async for raw in self.ws:
-                if not isinstance(raw, bytes):
-                    continue
-                frame = streams.decode(raw)
-                if isinstance(frame, streams.ExitFrame):
-                    self.ended_reason = frame.reason or "the session ended"
-                    return
-                self.tunnel.on_frame(frame)
+            await self.link.run()
         except ProtocolError as error:
             self.ended_reason = f"the server broke the session protocol: {error.message}"
             return
-        self.ended_reason = "the session connection closed"
+        except LinkClosed as error:
+            self.ended_reason = error.reason
+            self.lost = not error.refused
+            return
+        self.ended_reason = self.link.ended_reason or "the session connection closed"
 
     async def run(self, main: Awaitable[None], drain_seconds: float = 0.0) -> int:
         """Run `main` and the receiver until either ends or a stop signal; tidy up.
@@ -144,13 +160,15 @@ class _Session:
                     {receiver, worker}, timeout=drain_seconds, return_when=asyncio.FIRST_COMPLETED
                 )
             if receiver.done():
+                receiver.result()  # the first connection's errors are the caller's to report
                 _warn(f"session ended: {self.ended_reason}")
-                return EXIT_FAILED
+                return EXIT_UNAVAILABLE if self.lost else EXIT_FAILED
             error = worker.exception() if worker.done() else None
             if error is not None:
                 raise error
             with contextlib.suppress(Exception):
                 await self.send(streams.ExitFrame(0, "closed by the operator"))
+            await self.link.close()
             return 0
         finally:
             for sig in _STOP_SIGNALS:
@@ -163,10 +181,14 @@ class _Session:
 
 
 async def serve_forward(
-    ws: Any, listener: socket.socket, target: Target, announce: Callable[[], None]
+    connect: Callable[[], Any],
+    grace: float,
+    listener: socket.socket,
+    target: Target,
+    announce: Callable[[], None],
 ) -> int:
     """`session forward`: carry every connection accepted on `listener` until stopped."""
-    session = _Session(ws, target)
+    session = _Session(connect, target, grace)
     with listener:
         announce()
         return await session.run(_accept(session, listener))
@@ -194,9 +216,9 @@ async def _accept(session: _Session, listener: socket.socket) -> None:
         session.spawn(session.carry(stream, endpoint, label))
 
 
-async def serve_proxy(ws: Any, target: Target) -> int:
+async def serve_proxy(connect: Callable[[], Any], grace: float, target: Target) -> int:
     """`session proxy`: one connection, this process's stdin and stdout as its local end."""
-    session = _Session(ws, target)
+    session = _Session(connect, target, grace)
     endpoint = await PipeEndpoint.open(sys.stdin.fileno(), sys.stdout.fileno())
     outcome: list[str | None] = []
 

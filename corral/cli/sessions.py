@@ -32,7 +32,7 @@ from corral.cli.state import app_state
 from corral.errors import ProtocolError
 from corral.protocol import streams
 from corral.sessions.asciicast import replay as replay_recording
-from corral.sessions.link import LOST, Link, LinkClosed
+from corral.sessions.link import LOST, LinkClosed, ShellLink
 from corral.sessions.tunnel import DEFAULT_HOST
 
 app = typer.Typer(
@@ -138,11 +138,19 @@ def forward(
                 )
 
         connection = resolve_connection(state.server, state.token, state.ca_file)
+        grace = float(session.get("resume_grace_seconds") or 0.0)
         code = asyncio.run(
             _run_stream(
                 connection,
                 target.session_id,
-                lambda ws: forwarding.serve_forward(ws, listener, target, announce),
+                lambda _ws: forwarding.serve_forward(
+                    lambda: _connect(connection, target.session_id),
+                    grace,
+                    listener,
+                    target,
+                    announce,
+                ),
+                connect=False,
             )
         )
     raise typer.Exit(code)
@@ -163,8 +171,16 @@ def proxy(
         )
     target = forwarding.Target(node, str(session["session_id"]), DEFAULT_HOST, port)
     connection = resolve_connection(state.server, state.token, state.ca_file)
+    grace = float(session.get("resume_grace_seconds") or 0.0)
     code = asyncio.run(
-        _run_stream(connection, target.session_id, lambda ws: forwarding.serve_proxy(ws, target))
+        _run_stream(
+            connection,
+            target.session_id,
+            lambda _ws: forwarding.serve_proxy(
+                lambda: _connect(connection, target.session_id), grace, target
+            ),
+            connect=False,
+        )
     )
     raise typer.Exit(code)
 
@@ -291,7 +307,7 @@ async def _terminal(connect: Callable[[], Any], grace: float) -> int:
         else:
             _note("reconnected")
 
-    link = Link(
+    link = ShellLink(
         send_stream=INPUT,
         receive_stream=OUTPUT,
         connect=connect,

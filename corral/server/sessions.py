@@ -169,7 +169,7 @@ class SessionHub:
             max_duration_seconds=self._config.session_max_duration_seconds,
             host=new.target_host,
             port=new.target_port,
-            resume_grace_seconds=0.0 if port else self._config.session_resume_grace_seconds,
+            resume_grace_seconds=self._config.session_resume_grace_seconds,
         )
         if not await self._bus.publish(new.node_id, start):
             self._live.pop(record.id, None)
@@ -361,8 +361,7 @@ class SessionHub:
             if code in (1000, 1001):  # closed on purpose: no coming back
                 reason = f"the {side} closed the session connection"
                 await self.end(live.record.id, status, reason)
-            elif grace <= 0 or live.ledger is not None or not live.joined:
-                # Port sessions do not resume yet (their connections would need it).
+            elif grace <= 0 or not live.joined:
                 await self.end(live.record.id, status, f"the {side}'s session connection was lost")
             else:
                 logger.info(
@@ -443,10 +442,12 @@ class SessionHub:
                     live.record.id, "Failed", f"the {side} resumed the session without RESUME"
                 )
                 return None
-            if live.ledger is not None:
+            if isinstance(frame, streams.ResumeFrame) and (
+                live.ledger is None or not from_agent or live.agent_ready.is_set()
+            ):
+                step = _Next.FORWARD  # a port session's agent: once it said it serves them
+            elif live.ledger is not None:
                 step = await self._inspect_port(live, live.ledger, frame, from_agent, websocket)
-            elif isinstance(frame, streams.ResumeFrame):
-                step = _Next.FORWARD
             else:
                 step = _Next.FORWARD if await self._inspect(live, frame, from_agent) else _Next.STOP
             if step is _Next.STOP:

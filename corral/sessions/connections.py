@@ -13,33 +13,41 @@ a stream is *new* when its id is above every id opened so far, *closed* when it 
 opened and has ended, *unknown* when it is above every id opened so far)::
 
     frame                   from      stream   verdict
-    RESIZE, RESUME, EXIT    either    -        VIOLATION (EXIT is the relay's, before this)
+    RESIZE, RESUME, EXIT    either    -        VIOLATION (the relay's, before this)
     OPEN                    node      -        VIOLATION
-    OPEN                    operator  not new  VIOLATION (ids only grow)
+    OPEN                    operator  open     FORWARD if the same target (sent again
+                                               after a resume; the node answers it)
+    OPEN                    operator  closed   REFUSE (sent again after a resume: the
+                                               connection ended, its OPEN_FAILED was lost)
     OPEN                    operator  new      REFUSE if not the session's target or if
                                                MAX_STREAMS are open, else FORWARD (open)
     DATA, EOF, ACK,         either    unknown  VIOLATION
       OPEN_FAILED
     ACK                     either    any      FORWARD
-    DATA, EOF, OPEN_FAILED  either    closed   DROP (in flight after a failure)
-    DATA                    either    open     FORWARD, counted; VIOLATION after that
-                                               side's EOF
+    DATA, EOF, OPEN_FAILED  either    closed   FORWARD, not counted (in flight after a
+                                               failure, or sent again after a resume)
+    DATA                    either    open     FORWARD; its new bytes counted (bytes
+                                               sent again after a resume are not);
+                                               VIOLATION for a gap, or new bytes after
+                                               that side's EOF
     EOF                     either    open     FORWARD; closed once both sides sent one
     OPEN_FAILED             either    open     FORWARD; closed ("failed" from the node,
                                                "aborted" from the operator)
 
 A REFUSE is answered by the server with OPEN_FAILED to the operator, and the stream
 counts as closed ("refused"). Only open connections are held in memory; closed ones
-are remembered as "an id at or below the highest opened".
+are remembered as "an id at or below the highest opened" (and the reason of the
+last few that did not close cleanly, for an OPEN sent again).
 """
 
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from corral.protocol import streams
-from corral.sessions.tunnel import MAX_STREAMS
+from corral.sessions.tunnel import LOST_REASON, MAX_STREAMS, REMEMBERED_STREAMS
 
 
 class Verdict(enum.Enum):
@@ -63,6 +71,9 @@ class Connection:
     bytes_out: int = 0  # node -> operator
     eof_in: bool = False
     eof_out: bool = False
+    # Bytes seen each way, by stream offset: what a resume sends again is seen before.
+    seen_in: int = 0
+    seen_out: int = 0
     closed_at: float | None = None
     # "open", then "closed" (both sides half-closed), "failed" (the node could not
     # connect, or its side broke), "aborted" (the operator's side broke), "refused"
@@ -88,6 +99,7 @@ class ConnectionLedger:
         self.port = port
         self._max_open = max_open
         self._open: dict[int, Connection] = {}
+        self._ended: OrderedDict[int, str] = OrderedDict()  # why recent ones did not close
         self._highest = 0  # stream ids are 1, 2, ...: 0 means none yet
         self.connections = 0  # opened (refused ones not included)
         self.bytes_in = 0
@@ -113,15 +125,25 @@ class ConnectionLedger:
             return Decision(Verdict.FORWARD)
         connection = self._open.get(frame.stream)
         if connection is None:
-            return Decision(Verdict.DROP)
+            return Decision(Verdict.FORWARD)
         if isinstance(frame, streams.DataFrame):
+            seen = connection.seen_out if from_node else connection.seen_in
+            if frame.offset > seen:
+                return Decision(
+                    Verdict.VIOLATION,
+                    f"DATA at byte {frame.offset} of stream {frame.stream}, after {seen} bytes",
+                )
+            size = max(0, frame.end - seen)
+            if size == 0:
+                return Decision(Verdict.FORWARD)
             if connection.eof_out if from_node else connection.eof_in:
                 return Decision(Verdict.VIOLATION, f"DATA after EOF on stream {frame.stream}")
-            size = len(frame.payload)
             if from_node:
+                connection.seen_out = frame.end
                 connection.bytes_out += size
                 self.bytes_out += size
             else:
+                connection.seen_in = frame.end
                 connection.bytes_in += size
                 self.bytes_in += size
             return Decision(Verdict.FORWARD)
@@ -145,10 +167,15 @@ class ConnectionLedger:
         if from_node:
             return Decision(Verdict.VIOLATION, "OPEN from the node")
         if frame.stream <= self._highest:
-            return Decision(
-                Verdict.VIOLATION,
-                f"OPEN of stream {frame.stream}, not above stream {self._highest} opened before",
-            )
+            known = self._open.get(frame.stream)
+            if known is not None and (known.host, known.port) == (frame.host, frame.port):
+                return Decision(Verdict.FORWARD)  # sent again after a resume
+            if known is not None:
+                return Decision(
+                    Verdict.VIOLATION, f"OPEN of stream {frame.stream} to another target"
+                )
+            reason = self._ended.get(frame.stream, LOST_REASON)
+            return Decision(Verdict.REFUSE, reason)
         self._highest = frame.stream
         connection = Connection(frame.stream, frame.host, frame.port, now)
         if (frame.host, frame.port) != (self.host, self.port):
@@ -162,7 +189,13 @@ class ConnectionLedger:
         connection.closed_at = now
         connection.outcome = "refused"
         connection.reason = reason
+        self._remember(frame.stream, reason)
         return Decision(Verdict.REFUSE, reason, connection)
+
+    def _remember(self, stream: int, reason: str) -> None:
+        self._ended[stream] = reason
+        while len(self._ended) > REMEMBERED_STREAMS:
+            self._ended.popitem(last=False)
 
     def _close(
         self, connection: Connection, now: float, outcome: str, reason: str = ""
@@ -171,6 +204,8 @@ class ConnectionLedger:
         connection.closed_at = now
         connection.outcome = outcome
         connection.reason = reason
+        if outcome != "closed":
+            self._remember(connection.stream, reason or f"the connection {outcome}")
         return connection
 
 

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -63,7 +63,179 @@ class LinkClosed(Exception):
 
 
 class Link:
-    """The session's streams at this end, across its connections to the server."""
+    """A session's connection to the server, replaced within `grace` when it drops.
+
+    Subclasses keep the stream state and say what to send and do at each step:
+    `_hello` (frames for a first connection), `_lost`, `_positions` (for RESUME),
+    `_resumed` (frames to send again after the peer's RESUME) and `_on_frame`.
+    Everything goes out through `emit`, under one lock and only while connected.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], Any],
+        grace: float,
+        retry_cap: float = 1.0,
+        on_state: Callable[[str], None] | None = None,
+        max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        self._connect = connect
+        self._on_state = on_state or (lambda _state: None)
+        self._grace = max(0.0, grace)
+        self._retry_cap = max(FIRST_RETRY_SECONDS, retry_cap)
+        self._max_payload = max_payload
+        self._ws: Any = None
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self.reconnects = 0
+        self.ready = asyncio.Event()  # the first connection is up
+
+    async def close(self) -> None:
+        """This end is done with the session: close the connection, never reconnect."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    # --- what a subclass provides -------------------------------------------------
+
+    def _hello(self) -> list[streams.Frame]:
+        """Frames for a first connection (before anything else is sent on it)."""
+        return []
+
+    def _lost(self) -> None:
+        """The connection dropped: stop handing out stream bytes until a RESUME."""
+
+    def _positions(self) -> tuple[streams.StreamPosition, ...]:
+        """What this end has received, for its RESUME (each counts as an acknowledgement)."""
+        return ()
+
+    def _resumed(self, frame: streams.ResumeFrame) -> list[streams.Frame]:
+        """The peer's RESUME: the frames to send again, in order."""
+        return []
+
+    async def _on_frame(self, frame: streams.Frame) -> bool:
+        """Apply any other frame; True when the session is over."""
+        raise ProtocolError(f"unexpected {type(frame).__name__} from the server")
+
+    # --- the connection loop ------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, and reconnect within the grace period, until the session is over.
+
+        Errors of the first connection are raised as they are (the caller knows how
+        to report them); a ProtocolError from the peer is raised too.
+        """
+        first = True
+        lost_at: float | None = None
+        attempt = 0
+        while True:
+            try:
+                async with self._connect() as ws:
+                    await self._attach(ws, resume=not first)
+                    if lost_at is not None:
+                        self.reconnects += 1
+                        self._on_state(RESTORED)
+                    first, lost_at, attempt = False, None, 0
+                    if await self._read(ws):
+                        return
+            except InvalidStatus as error:
+                if first:
+                    raise
+                status = error.response.status_code
+                raise LinkClosed(
+                    f"the server refused to resume the session (HTTP {status}): it has ended",
+                    refused=True,
+                ) from None
+            except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as error:
+                if first:
+                    raise
+                logger.debug("session connection lost: %s", error)
+            finally:
+                self._detach()
+            if self._closing:
+                return
+            now = time.monotonic()
+            if lost_at is None:
+                lost_at = now
+                self._on_state(LOST)
+            left = self._grace - (now - lost_at)
+            if left <= 0:
+                raise LinkClosed(
+                    f"the connection to the server was lost and not restored"
+                    f" within {self._grace:g} s"
+                )
+            await asyncio.sleep(min(left, self._retry_cap, FIRST_RETRY_SECONDS * 2**attempt))
+            attempt = min(attempt + 1, 30)
+
+    async def _attach(self, ws: Any, resume: bool) -> None:
+        async with self._lock:
+            hello = [streams.ResumeFrame(self._positions())] if resume else self._hello()
+            for frame in hello:
+                await ws.send(streams.encode(frame))
+            self._ws = ws
+            self.ready.set()
+        if not resume:  # a first connection: anything written before it goes now
+            await self._flush()
+
+    def _detach(self) -> None:
+        if self._ws is not None:
+            self._ws = None
+            self._lost()
+
+    async def _flush(self) -> None:
+        """Send what is ready (a subclass with buffered output overrides this)."""
+
+    async def _read(self, ws: Any) -> bool:
+        """Apply frames until the connection closes (False) or the session is over (True)."""
+        async for raw in ws:
+            if not isinstance(raw, bytes):
+                raise ProtocolError("a text frame on a session stream", "bad_frame")
+            frame = streams.decode(raw, self._max_payload)
+            if isinstance(frame, streams.ResumeFrame):
+                await self._resume(frame)
+            elif await self._on_frame(frame):
+                return True
+        return False
+
+    async def _resume(self, frame: streams.ResumeFrame) -> None:
+        """The peer says what it has: resend the rest (answering first when asked)."""
+        async with self._lock:
+            ws = self._ws
+            if ws is None:
+                return
+            resent = self._resumed(frame)
+            if frame.request:
+                await ws.send(streams.encode(streams.ResumeFrame(self._positions())))
+            await self._send_all(ws, resent)
+
+    # --- sending ----------------------------------------------------------------
+
+    async def emit(self, produce: Callable[[], Sequence[streams.Frame]]) -> None:
+        """Send the frames `produce()` makes, if connected: it is called under the send
+        lock, so stream frames leave in the order of their offsets."""
+        async with self._lock:
+            ws = self._ws
+            if ws is not None:
+                await self._send_all(ws, produce())
+
+    async def send(self, frame: streams.Frame) -> None:
+        """Send one frame if connected (otherwise a resume takes care of it)."""
+        await self.emit(lambda: (frame,))
+
+    @staticmethod
+    async def _send_all(ws: Any, frames: Sequence[streams.Frame]) -> None:
+        try:
+            for frame in frames:
+                await ws.send(streams.encode(frame))
+        except ConnectionClosed:
+            pass  # the reader sees the drop; a resume sends these again
+
+
+class ShellLink(Link):
+    """The two byte streams of a shell session at one end (CLI or agent)."""
 
     def __init__(
         self,
@@ -79,23 +251,22 @@ class Link:
         window: int = streams.DEFAULT_WINDOW,
         max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        self._connect = connect
+        super().__init__(
+            connect=connect,
+            grace=grace,
+            retry_cap=retry_cap,
+            on_state=on_state,
+            max_payload=max_payload,
+        )
         self._deliver = deliver
         self._on_control = on_control
-        self._on_state = on_state or (lambda _state: None)
-        self._grace = max(0.0, grace)
-        self._retry_cap = max(FIRST_RETRY_SECONDS, retry_cap)
-        self._max_payload = max_payload
         self._ack_every = max(1, window // 4)
         self._sender = streams.StreamSender(send_stream, window)
         self._receiver = streams.StreamReceiver(receive_stream, window)
-        self._ws: Any = None
-        self._lock = asyncio.Lock()
         self._room = asyncio.Event()
         self._arrived = asyncio.Event()
         self._inbox = bytearray()
         self._controls: dict[type, streams.Frame] = {}
-        self.reconnects = 0
 
     @property
     def sent(self) -> int:
@@ -107,93 +278,39 @@ class Link:
         """Bytes received from the far end so far."""
         return self._receiver.received
 
-    # --- the connection loop ------------------------------------------------------
-
     async def run(self) -> None:
-        """Connect, and reconnect within the grace period, until the session is over.
-
-        Errors of the first connection are raised as they are (the caller knows how
-        to report them); a ProtocolError from the peer is raised too.
-        """
+        """`Link.run`, with the task that hands received bytes to `deliver`."""
         consumer = asyncio.create_task(self._consume())
-        first = True
-        lost_at: float | None = None
-        attempt = 0
         try:
-            while True:
-                try:
-                    async with self._connect() as ws:
-                        await self._attach(ws, resume=not first)
-                        if lost_at is not None:
-                            self.reconnects += 1
-                            self._on_state(RESTORED)
-                        first, lost_at, attempt = False, None, 0
-                        if await self._read(ws):
-                            return
-                except InvalidStatus as error:
-                    if first:
-                        raise
-                    status = error.response.status_code
-                    raise LinkClosed(
-                        f"the server refused to resume the session (HTTP {status}): it has ended",
-                        refused=True,
-                    ) from None
-                except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as error:
-                    if first:
-                        raise
-                    logger.debug("session connection lost: %s", error)
-                finally:
-                    self._detach()
-                now = time.monotonic()
-                if lost_at is None:
-                    lost_at = now
-                    self._on_state(LOST)
-                left = self._grace - (now - lost_at)
-                if left <= 0:
-                    raise LinkClosed(
-                        f"the connection to the server was lost and not restored"
-                        f" within {self._grace:g} s"
-                    )
-                await asyncio.sleep(min(left, self._retry_cap, FIRST_RETRY_SECONDS * 2**attempt))
-                attempt = min(attempt + 1, 30)
+            await super().run()
         finally:
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await consumer
 
-    async def _attach(self, ws: Any, resume: bool) -> None:
-        async with self._lock:
-            if resume:
-                position = self._receiver.resume_position()
-                await ws.send(streams.encode(streams.ResumeFrame((position,))))
-            self._ws = ws
-            if not resume:  # a first connection: anything written before it goes now
-                await self._send_frames(ws, self._sender.frames(self._max_payload))
+    def _lost(self) -> None:
+        self._sender.connection_lost()
 
-    def _detach(self) -> None:
-        if self._ws is not None:
-            self._ws = None
-            self._sender.connection_lost()
+    def _positions(self) -> tuple[streams.StreamPosition, ...]:
+        return (self._receiver.resume_position(),)
 
-    async def _read(self, ws: Any) -> bool:
-        """Apply frames until the connection closes (False) or the session is over (True)."""
-        async for raw in ws:
-            if not isinstance(raw, bytes):
-                raise ProtocolError("a text frame on a session stream", "bad_frame")
-            frame = streams.decode(raw, self._max_payload)
-            if isinstance(frame, streams.DataFrame | streams.EofFrame | streams.AckFrame):
-                self._on_stream_frame(frame)
-            elif isinstance(frame, streams.ResumeFrame):
-                await self._resume(frame)
-            elif await self._on_control(frame):
-                return True
-        return False
+    def _resumed(self, frame: streams.ResumeFrame) -> list[streams.Frame]:
+        received = frame.received().get(self._sender.stream, 0)
+        resent: list[streams.Frame] = list(self._sender.resume(received, self._max_payload))
+        self._room.set()
+        return resent + list(self._controls.values())
+
+    async def _on_frame(self, frame: streams.Frame) -> bool:
+        if isinstance(frame, streams.DataFrame | streams.EofFrame | streams.AckFrame):
+            self._on_stream_frame(frame)
+            return False
+        return await self._on_control(frame)
 
     def _on_stream_frame(
         self, frame: streams.DataFrame | streams.EofFrame | streams.AckFrame
     ) -> None:
-        expected = self._sender.stream if isinstance(frame, streams.AckFrame) else None
-        expected = self._receiver.stream if expected is None else expected
+        ack = isinstance(frame, streams.AckFrame)
+        expected = self._sender.stream if ack else self._receiver.stream
         if frame.stream != expected:
             raise ProtocolError(
                 f"{type(frame).__name__} on stream {frame.stream}, expected {expected}",
@@ -210,22 +327,6 @@ class Link:
         else:
             self._sender.on_ack(frame.offset)
             self._room.set()
-
-    async def _resume(self, frame: streams.ResumeFrame) -> None:
-        """The peer says what it has: resend the rest (answering first when asked)."""
-        async with self._lock:
-            ws = self._ws
-            if ws is None:
-                return
-            received = frame.received().get(self._sender.stream, 0)
-            resent = self._sender.resume(received, self._max_payload)
-            if frame.request:
-                answer = streams.ResumeFrame((self._receiver.resume_position(),))
-                await ws.send(streams.encode(answer))
-            await self._send_frames(ws, resent)
-            for control in self._controls.values():
-                await ws.send(streams.encode(control))
-        self._room.set()
 
     # --- sending ----------------------------------------------------------------
 
@@ -256,25 +357,11 @@ class Link:
     async def send_control(self, frame: streams.Frame) -> None:
         """Send a RESIZE or EXIT now if connected; the latest of each again after a resume."""
         self._controls[type(frame)] = frame
-        async with self._lock:
-            ws = self._ws
-            if ws is not None:
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(streams.encode(frame))
+        await self.send(frame)
 
     async def _flush(self) -> None:
-        async with self._lock:
-            ws = self._ws
-            if ws is not None:  # frames() hands out bytes only while connected
-                await self._send_frames(ws, self._sender.frames(self._max_payload))
-
-    @staticmethod
-    async def _send_frames(ws: Any, frames: list[streams.StreamFrame]) -> None:
-        try:
-            for frame in frames:
-                await ws.send(streams.encode(frame))
-        except ConnectionClosed:
-            pass  # the reader sees the drop; a resume sends these again
+        # frames() hands out bytes only while connected, and emit calls it only then.
+        await self.emit(lambda: self._sender.frames(self._max_payload))
 
     # --- receiving --------------------------------------------------------------
 
@@ -295,10 +382,5 @@ class Link:
             await self._arrived.wait()
 
     async def _ack(self, ack: streams.AckFrame | None) -> None:
-        if ack is None:
-            return
-        async with self._lock:
-            ws = self._ws
-            if ws is not None:  # otherwise the next RESUME carries the position
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(streams.encode(ack))
+        if ack is not None:  # when not connected, the next RESUME carries the position
+            await self.send(ack)

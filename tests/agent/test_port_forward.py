@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from corral.agent.port_forward import PortForward
 from corral.protocol import streams
@@ -25,6 +27,9 @@ class FakeSessionSocket:
     async def send(self, data: bytes) -> None:
         await self.sent.put(streams.decode(data))
 
+    async def close(self) -> None:
+        self.incoming.put_nowait(None)
+
     async def next_sent(self) -> streams.Frame:
         return await asyncio.wait_for(self.sent.get(), 5)
 
@@ -36,6 +41,16 @@ class FakeSessionSocket:
         if data is None:
             raise StopAsyncIteration
         return data
+
+
+def connecting(ws: FakeSessionSocket) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """A session connection that opens once, onto `ws`."""
+
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[FakeSessionSocket]:
+        yield ws
+
+    return connect
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +86,7 @@ async def test_opens_only_the_target_and_only_so_many_at_once() -> None:
     async with listening() as (port, held):
         ws = FakeSessionSocket()
         forward = PortForward(start(port), connect_timeout=5, max_streams=1)
-        running = asyncio.create_task(forward.run(ws))
+        running = asyncio.create_task(forward.run(connecting(ws)))
         assert await ws.next_sent() == streams.ResumeFrame()  # first: "I serve port sessions"
         ws.push(streams.OpenFrame(1, "127.0.0.1", port + 1 if port < 65535 else port - 1))
         assert await ws.next_sent() == streams.OpenFailedFrame(
@@ -93,7 +108,7 @@ async def test_a_refused_connection_is_reported_with_its_reason() -> None:
     async with listening() as (port, _held):
         pass  # closed again: nothing listens on `port` now
     ws = FakeSessionSocket()
-    running = asyncio.create_task(PortForward(start(port)).run(ws))
+    running = asyncio.create_task(PortForward(start(port)).run(connecting(ws)))
     ws.push(streams.OpenFrame(1, "127.0.0.1", port))
     assert await ws.next_sent() == streams.ResumeFrame()
     failed = await ws.next_sent()
@@ -105,6 +120,6 @@ async def test_a_refused_connection_is_reported_with_its_reason() -> None:
 async def test_the_maximum_duration_ends_the_session_with_a_reason() -> None:
     async with listening() as (port, _held):
         ws = FakeSessionSocket()
-        await asyncio.wait_for(PortForward(start(port, max_duration=0.2)).run(ws), 5)
+        await asyncio.wait_for(PortForward(start(port, max_duration=0.2)).run(connecting(ws)), 5)
         assert await ws.next_sent() == streams.ResumeFrame()
         assert await ws.next_sent() == streams.ExitFrame(-1, "maximum duration reached")

@@ -1,12 +1,20 @@
-"""A shell session survives a dropped connection, operator <-> server or server <-> node,
-without losing or repeating a byte: real server, agent, pty and CLI, with TCP relays
-the test controls standing in for the network (cut, refused for a while, restored)."""
+"""Sessions survive a dropped connection, operator <-> server or server <-> node, without
+losing or repeating a byte: a shell (real pty) and a port forward carrying several TCP
+connections, with a real server, agent and CLI, and TCP relays the test controls
+standing in for the network (cut mid-flow, refused for a while, restored)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import json
 import os
+import random
 import re
+import signal
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +31,8 @@ pytestmark = pytest.mark.skipif(
 
 GRACE_SECONDS = 6
 LINES = 100_000
+MEGABYTE = 1024 * 1024
+REPLY = 3 * MEGABYTE
 _NOTE = re.compile(rb"\r\n\[corral: [^\]\r\n]*\]\r\n")
 _LINE = re.compile(rb"L(\d+)$")
 
@@ -158,3 +168,122 @@ def test_a_session_ends_when_its_connection_stays_down_past_the_grace_period(
         assert session["status"] == "Failed"
     who = "operator" if side == "operator" else "node"
     assert session["reason"] == f"the {who}'s connection was lost and not restored within 6 s"
+
+
+class DigestServer:
+    """A TCP server on the node's side: reads a connection to its end, then answers with
+    the size and SHA-256 of what it read and `REPLY` bytes of its own."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            digest, size = hashlib.sha256(), 0
+            while chunk := conn.recv(65536):
+                digest.update(chunk)
+                size += len(chunk)
+            conn.sendall(f"{size} {digest.hexdigest()}\n".encode() + reply_for(size))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def reply_for(size: int) -> bytes:
+    return random.Random(size).randbytes(REPLY)
+
+
+def exchange(port: int, payload: bytes, sock: socket.socket | None = None) -> None:
+    """Send `payload` through the forward, half-close, check the node's whole answer."""
+    sock = sock or socket.create_connection(("127.0.0.1", port), timeout=60)
+    with sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    line, _, rest = answer.partition(b"\n")
+    assert line.decode() == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}"
+    assert rest == reply_for(len(payload))
+
+
+@pytest.mark.parametrize("hops", ["operator", "node", "both"])
+def test_a_port_forward_and_its_connections_survive_a_dropped_connection(
+    resume_fleet: tuple[Fleet, Relay], hops: str
+) -> None:
+    fleet, node_relay = resume_fleet
+    operator_relay = Relay(fleet.server.port)
+    target = DigestServer()
+    if hops == "node":
+        node_relay.outage_after(UP, MEGABYTE)
+        relays = [node_relay]
+    else:
+        operator_relay.outage_after(DOWN, MEGABYTE)
+        relays = [operator_relay, node_relay] if hops == "both" else [operator_relay]
+    env = cli_env(fleet)
+    env["CORRAL_SERVER"] = operator_relay.url
+    errors = fleet.root / f"forward-{hops}.err"
+    with errors.open("wb") as stderr:
+        forward = subprocess.Popen(
+            [
+                PYTHON, "-m", "corral", "session", "forward", fleet.agents[0].node_id,
+                "--remote-port", str(target.port), "-o", "json",
+            ],
+            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+    idle: socket.socket | None = None
+    try:
+        assert forward.stdout is not None
+        text = ""
+        while not text.endswith("}\n"):
+            line = forward.stdout.readline().decode()
+            assert line, errors.read_text()
+            text += line
+        info = json.loads(text)
+        port = int(info["local_port"])
+        idle = socket.create_connection(("127.0.0.1", port), timeout=60)  # quiet throughout
+        payloads = [random.Random(n).randbytes(2 * MEGABYTE + n) for n in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            running = [pool.submit(exchange, port, payload) for payload in payloads]
+            wait_for(lambda: relays[0].cuts > 0, timeout=30)
+            for relay in relays:
+                relay.outage()
+            during = b"opened during the outage" * 1000
+            running.append(pool.submit(exchange, port, during))
+            time.sleep(1.5)
+            for relay in relays:
+                relay.restore()
+            for done in running:
+                done.result(timeout=60)
+        exchange(port, b"after the outage", idle)
+        exchange(port, b"a new connection")
+        forward.send_signal(signal.SIGINT)
+        assert forward.wait(15) == 0, errors.read_text()
+    finally:
+        if forward.poll() is None:
+            forward.kill()
+            forward.wait(5)
+        if forward.stdout is not None:
+            forward.stdout.close()
+        if idle is not None:
+            idle.close()
+        operator_relay.close()
+        target.close()
+    if hops != "node":
+        assert "reconnected; every connection carries on" in errors.read_text()
+    session = fleet.server.cli_json("session", "show", info["session_id"])
+    assert (session["status"], session["connections"]) == ("Terminated", 7)
+    sent = sum(map(len, payloads)) + len(b"after the outage") + len(b"a new connection")
+    sent += len(b"opened during the outage" * 1000)
+    assert session["bytes_in"] == sent  # counted once, resent bytes or not

@@ -37,9 +37,12 @@ def ledger_with_stream_1() -> ConnectionLedger:
         (streams.ResizeFrame(80, 24), OPERATOR, Verdict.VIOLATION),
         (streams.ResumeFrame(), NODE, Verdict.VIOLATION),
         (streams.ExitFrame(0), NODE, Verdict.VIOLATION),  # the relay handles EXIT itself
-        # OPEN: only from the operator, ids only grow
+        # OPEN: only from the operator, ids only grow (an open one may come again, same target)
         (streams.OpenFrame(2, "localhost", 22), NODE, Verdict.VIOLATION),
-        (streams.OpenFrame(1, "localhost", 22), OPERATOR, Verdict.VIOLATION),
+        (streams.OpenFrame(1, "localhost", 22), OPERATOR, Verdict.FORWARD),
+        (streams.OpenFrame(1, "localhost", 23), OPERATOR, Verdict.VIOLATION),
+        # a gap in a stream
+        (streams.DataFrame(1, 5, b"x"), OPERATOR, Verdict.VIOLATION),
         (streams.OpenFrame(2, "localhost", 22), OPERATOR, Verdict.FORWARD),
         (streams.OpenFrame(9, "localhost", 22), OPERATOR, Verdict.FORWARD),
         # ... and only to the session's target
@@ -68,9 +71,10 @@ def test_a_connection_closes_once_both_sides_sent_eof_and_keeps_its_metadata() -
     assert (closed.opened_at, closed.closed_at) == (10.0, 13.0)
     assert (ledger.connections, ledger.bytes_in, ledger.bytes_out) == (1, 7, 14)
     assert ledger.open_connections == []
-    # Late acks still pass; anything else on the closed stream is dropped.
+    # Late frames still pass (a resume may send them again), and are not counted.
     assert ledger.inspect(streams.AckFrame(1, 14), OPERATOR, 13.1).verdict is Verdict.FORWARD
-    assert ledger.inspect(streams.DataFrame(1, 14, b"x"), NODE, 13.1).verdict is Verdict.DROP
+    assert ledger.inspect(streams.DataFrame(1, 14, b"x"), NODE, 13.1).verdict is Verdict.FORWARD
+    assert ledger.bytes_out == 14
 
 
 def test_failures_close_the_connection_and_late_frames_are_dropped() -> None:
@@ -78,10 +82,17 @@ def test_failures_close_the_connection_and_late_frames_are_dropped() -> None:
     failed = ledger.inspect(streams.OpenFailedFrame(1, "connection refused"), NODE, 10.2).closed
     assert failed is not None
     assert (failed.outcome, failed.reason) == ("failed", "connection refused")
-    # The operator's data sent right after OPEN is still in flight: dropped, not counted.
-    assert ledger.inspect(streams.DataFrame(1, 0, b"x"), OPERATOR, 10.3).verdict is Verdict.DROP
-    assert ledger.inspect(streams.EofFrame(1, 1), OPERATOR, 10.3).verdict is Verdict.DROP
+    # The operator's data sent right after OPEN is still in flight: passed on, not counted.
+    assert ledger.inspect(streams.DataFrame(1, 0, b"x"), OPERATOR, 10.3).verdict is Verdict.FORWARD
+    assert ledger.inspect(streams.EofFrame(1, 1), OPERATOR, 10.3).verdict is Verdict.FORWARD
     assert ledger.bytes_in == 0
+    # The OPEN sent again after a resume is answered with why it ended.
+    again = ledger.inspect(OPEN, OPERATOR, 10.4)
+    assert (again.verdict, again.reason, again.closed) == (
+        Verdict.REFUSE,
+        "connection refused",
+        None,
+    )
     ledger.inspect(streams.OpenFrame(2, "localhost", 22), OPERATOR, 11.0)
     aborted = ledger.inspect(streams.OpenFailedFrame(2, "reset"), OPERATOR, 11.0).closed
     assert aborted is not None
@@ -94,7 +105,11 @@ def test_refusals_say_why_and_count_as_closed() -> None:
     assert wrong.reason == "this session may only open localhost:22"
     assert wrong.closed is not None
     assert wrong.closed.outcome == "refused"
-    assert ledger.inspect(streams.DataFrame(2, 0, b"x"), OPERATOR, 11.0).verdict is Verdict.DROP
+    assert ledger.inspect(streams.DataFrame(2, 0, b"x"), OPERATOR, 11.0).verdict is (
+        Verdict.FORWARD  # the node never had it, and ignores it
+    )
+    again = ledger.inspect(streams.OpenFrame(2, "localhost", 5432), OPERATOR, 11.0)
+    assert (again.verdict, again.reason) == (Verdict.REFUSE, wrong.reason)
     assert ledger.inspect(streams.OpenFrame(3, "localhost", 22), OPERATOR, 11.0).verdict is (
         Verdict.FORWARD
     )
@@ -112,3 +127,20 @@ def test_the_end_of_the_session_closes_what_is_still_open() -> None:
     [left] = ledger.close_all(20.0, "the session ended")
     assert (left.stream, left.outcome, left.closed_at) == (1, "ended", 20.0)
     assert ledger.close_all(21.0, "again") == []
+
+
+def test_bytes_sent_again_after_a_resume_are_counted_once() -> None:
+    ledger = ledger_with_stream_1()
+    for frame in (
+        streams.DataFrame(1, 0, b"hello"),
+        streams.DataFrame(1, 0, b"hello world"),  # resent from 0, with 6 new bytes
+        streams.DataFrame(1, 3, b"lo world"),  # entirely seen
+        streams.EofFrame(1, 11),
+        streams.DataFrame(1, 5, b" world"),  # resent after EOF: no new bytes, fine
+        streams.EofFrame(1, 11),
+    ):
+        assert ledger.inspect(frame, NODE, 11.0).verdict is Verdict.FORWARD
+    assert ledger.bytes_out == 11
+    assert ledger.inspect(streams.DataFrame(1, 5, b" world!"), NODE, 11.0).verdict is (
+        Verdict.VIOLATION  # a new byte after EOF
+    )

@@ -101,8 +101,8 @@ async def start_session(
         )
     else:
         caller.note(session_id=record.id)
-    grace = 0.0 if new.kind == "port" else context.config.session_resume_grace_seconds
     # How long the client may take to reconnect a dropped stream (it is not stored).
+    grace = context.config.session_resume_grace_seconds
     return {**session_json(record), "resume_grace_seconds": grace}
 
 
