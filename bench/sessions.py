@@ -151,17 +151,34 @@ async def keystrokes(rig: Rig, count: int) -> dict[str, float]:
         }
 
 
+async def read_output(ws: Any, frame: streams.Frame, output: streams.StreamReceiver) -> int:
+    """Take one frame of the shell's output and acknowledge it as a client does (the
+    agent sends at most a window of output ahead of the acknowledgements)."""
+    if isinstance(frame, streams.DataFrame):
+        size = len(output.on_data(frame.offset, frame.payload))
+    elif isinstance(frame, streams.EofFrame):
+        output.on_eof(frame.offset)
+        size = 0
+    else:
+        return 0
+    ack = output.ack_due()
+    if ack is not None:
+        await ws.send(streams.encode(ack))
+    return size
+
+
 async def bulk(rig: Rig, megabytes: int) -> dict[str, float]:
     size = megabytes * 1024 * 1024
     async with await rig.session(f"head -c {size} /dev/zero") as ws:
         received = 0
         started = None
+        output = streams.StreamReceiver(1)
         async for raw in ws:
             frame = streams.decode(raw)
             if isinstance(frame, streams.DataFrame):
                 started = started or time.perf_counter()
-                received += len(frame.payload)
-            elif isinstance(frame, streams.ExitFrame):
+            received += await read_output(ws, frame, output)
+            if isinstance(frame, streams.ExitFrame):
                 break
         elapsed = time.perf_counter() - (started or time.perf_counter())
         return {"mb": round(received / 1e6, 1), "seconds": round(elapsed, 3),
@@ -229,8 +246,9 @@ async def yes_memory(rig: Rig, seconds: float, read: bool) -> dict[str, float]:
 
         async def reader() -> None:
             nonlocal received
+            output = streams.StreamReceiver(1)
             async for raw in ws:
-                received += len(raw)
+                received += await read_output(ws, streams.decode(raw), output)
 
         task = asyncio.create_task(reader()) if read else None
         deadline = time.monotonic() + seconds
