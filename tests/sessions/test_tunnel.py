@@ -185,3 +185,69 @@ async def test_a_failure_at_the_far_side_closes_the_near_socket_with_the_reason(
 )
 def test_errors_are_described_in_a_few_safe_words(error: BaseException, reason: str) -> None:
     assert describe(error) == reason
+
+
+class Captured:
+    """A tunnel's outgoing frames, kept."""
+
+    def __init__(self) -> None:
+        self.frames: list[streams.Frame] = []
+
+    async def send(self, frame: streams.Frame) -> None:
+        self.frames.append(frame)
+
+
+async def test_a_resume_sends_again_the_opens_the_peer_never_saw() -> None:
+    out = Captured()
+    tunnel = Tunnel(out.send)
+    await tunnel.open(1, "localhost", 22)
+    await tunnel.open(2, "localhost", 22)
+    tunnel.on_frame(streams.AckFrame(1, 0))  # the node answered for stream 1: it has it
+    tunnel.connection_lost()
+    await tunnel.open(3, "localhost", 22)  # while reconnecting: its OPEN waits
+    assert out.frames == [
+        streams.OpenFrame(1, "localhost", 22),
+        streams.OpenFrame(2, "localhost", 22),
+    ]
+    resent = tunnel.resumed(streams.ResumeFrame((streams.StreamPosition(1, 0),)))
+    assert resent == [streams.OpenFrame(2, "localhost", 22), streams.OpenFrame(3, "localhost", 22)]
+    assert len(tunnel) == 3
+
+
+async def test_a_stream_the_peer_forgot_fails_here_with_a_reason() -> None:
+    tunnel = Tunnel(Captured().send)
+    await tunnel.open(1, "localhost", 22)
+    tunnel.on_frame(streams.DataFrame(1, 0, b"banner"))
+    tunnel.connection_lost()
+    assert tunnel.resumed(streams.ResumeFrame()) == []  # the node lists no stream 1
+    assert 1 not in tunnel
+    assert tunnel.positions() == ()
+
+
+async def test_ended_streams_are_answered_for_a_peer_that_missed_their_end() -> None:
+    out = Captured()
+    node = Tunnel(out.send)
+    node.expect(4)
+    await node.refuse(5, "cannot connect from the node: connection refused")
+    refused = streams.OpenFailedFrame(5, "cannot connect from the node: connection refused")
+    assert out.frames == [refused]
+    # The operator sends OPEN 5 again (it never got the answer): answered, not reconnected.
+    assert node.repeated_open(5) == [refused]
+    assert node.repeated_open(4) == []  # still being carried
+    assert node.repeated_open(6) is None  # new
+    # The operator's RESUME lists 5, and 3, which this side had and forgot.
+    node.connection_lost()
+    resent = node.resumed(
+        streams.ResumeFrame(
+            (
+                streams.StreamPosition(3, 0),
+                streams.StreamPosition(4, 0),
+                streams.StreamPosition(5, 0),
+                streams.StreamPosition(9, 0),  # opened by the peer, its OPEN still to come
+            )
+        )
+    )
+    assert resent == [
+        streams.OpenFailedFrame(3, "the connection was lost while the session reconnected"),
+        refused,
+    ]
