@@ -67,6 +67,9 @@ def channel_url(server_url: str) -> str:
     return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+SESSION_RETRY_CAP = 2.0  # the longest wait between a session's reconnect attempts
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rand: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
     ceiling = cap if attempt >= 64 else min(cap, base * (2**attempt))
@@ -249,7 +252,8 @@ class Agent:
                 lambda: self._identity,
                 lambda: self._ssl,
                 self.options.connect_timeout,
-                retry_cap=self.options.backoff_cap,
+                # A session is interactive: its reconnect waits stay short.
+                retry_cap=min(self.options.backoff_cap, SESSION_RETRY_CAP),
             )
         return self._sessions
 

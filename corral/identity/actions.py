@@ -90,6 +90,7 @@ RESOURCE_KINDS: frozenset[str] = frozenset(
         "node",
         "osuser",
         "parameter",
+        "port",
         "role",
         "session",
         "token",

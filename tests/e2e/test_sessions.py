@@ -246,3 +246,37 @@ def test_an_authorised_user_observes_read_only_and_the_owner_is_told(
             observer.kill()
     audited = server.cli_json("audit", "list", "--action", "session:Observe")
     assert {r["principal"] for r in audited} >= {"user:wanda"}
+
+
+def test_an_idle_shell_is_ended_with_a_message(tmp_path: Path) -> None:
+    """`corral server --session-idle-timeout 1s`: no input and no output for a second."""
+    AGENT_ENV.update(SESSION_ENV)
+    fleet = Fleet(tmp_path)
+    fleet.server.extra_args = ["--session-idle-timeout", "1s"]
+    try:
+        fleet.start_server()
+        [agent] = fleet.add_agents(1)
+        term = Terminal([PYTHON, "-m", "corral", "session", "start", agent.node_id], cli_env(fleet))
+        try:
+            term.send("echo rea''dy\r")
+            term.expect("ready")
+            started = time.monotonic()
+            code = term.wait(timeout=20)
+            waited = time.monotonic() - started
+        finally:
+            term.close()
+        assert code != 0
+        assert b"[session ended: idle timeout (1 s without input or output)]" in term.transcript
+        assert 0.5 <= waited <= 15
+        [session] = fleet.server.cli_json("session", "list")
+        assert (session["status"], session["reason"]) == (
+            "Terminated",
+            "idle timeout (1 s without input or output)",
+        )
+    except BaseException:
+        print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
+        raise
+    finally:
+        for key in SESSION_ENV:
+            AGENT_ENV.pop(key, None)
+        fleet.stop()

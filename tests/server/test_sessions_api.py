@@ -38,14 +38,20 @@ async def test_starting_needs_the_node_and_the_account_and_an_online_node(api: A
     assert missing.status_code == 404
 
 
-NODES_ONLY = {
+SSH_ONLY = {
     "statements": [
-        {"effect": "allow", "actions": ["session:*"], "resources": ["node:*", "session:*"]},
+        {
+            "effect": "allow",
+            "actions": ["session:*"],
+            "resources": ["node:*", "session:*", "port:localhost:22"],
+        },
     ]
 }
 
 
-async def test_a_port_session_needs_the_node_only_and_a_well_formed_target(api: Api) -> None:
+async def test_a_port_session_needs_the_node_and_its_target_and_a_well_formed_one(
+    api: Api,
+) -> None:
     node_id, _key = await api.register_node({"env": "dev"})
     for body, field in [
         ({"kind": "port"}, "port"),
@@ -66,15 +72,24 @@ async def test_a_port_session_needs_the_node_only_and_a_well_formed_target(api: 
     ]:
         refused = await api.client.post("/api/v1/sessions", json={"node_id": node_id, **body})
         assert refused.status_code == 400, body
-    # A role without any osuser: may forward (the node is offline: 409, not 403) ...
-    await api.client.post("/api/v1/roles", json={"name": "nodes-only", "policy": NODES_ONLY})
-    token = await make_user(api, "finn", "nodes-only")
-    forward = await api.client.post(
+    # A role allowed the node and one target only may forward there (the node is
+    # offline: 409, not 403) ...
+    await api.client.post("/api/v1/roles", json={"name": "ssh-only", "policy": SSH_ONLY})
+    token = await make_user(api, "finn", "ssh-only")
+    ssh = await api.client.post(
+        "/api/v1/sessions",
+        json={"node_id": node_id, "kind": "port", "port": 22},
+        headers=bearer(token),
+    )
+    assert ssh.status_code == 409
+    # ... not anywhere else the node can reach ...
+    database = await api.client.post(
         "/api/v1/sessions",
         json={"node_id": node_id, "kind": "port", "host": "10.0.0.5", "port": 5432},
         headers=bearer(token),
     )
-    assert forward.status_code == 409
+    assert database.status_code == 403
+    assert "port:10.0.0.5:5432" in database.json()["error"]["message"]
     # ... but not open a shell, which needs osuser:default as well.
     shell = await api.client.post(
         "/api/v1/sessions", json={"node_id": node_id}, headers=bearer(token)

@@ -83,7 +83,8 @@ async def start_session(
     caller: Annotated[Caller, Depends(authorize("session:Start"))],
     body: SessionCreate,
 ) -> dict[str, object]:
-    """Open a session on a node: `session:Start` on the node (and, for a shell, the account)."""
+    """Open a session on a node: `session:Start` on the node, and on the account for a
+    shell (`osuser:NAME`) or on the target for a forward (`port:HOST:PORT`)."""
     if caller.principal.kind != "user":
         raise AccessDeniedError(f"{caller.principal.label} cannot start sessions")
     new = _new_session(body, caller.principal.label)
@@ -91,6 +92,8 @@ async def start_session(
     caller.require("session:Start", f"node:{body.node_id}", node)
     if new.kind == "shell":
         caller.require("session:Start", f"osuser:{body.user or DEFAULT_OS_USER}", node)
+    else:  # where the forward goes, as the node sees it
+        caller.require("session:Start", f"port:{new.target_host}:{new.target_port}", node)
     grant = caller.principal.grants[0].id if caller.principal.grants else None
     new = dataclasses.replace(new, grant_id=grant)
     record = await context.sessions.open(new, body.cols, body.rows)
