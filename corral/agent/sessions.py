@@ -155,6 +155,7 @@ class SessionManager:
                 cols=start.cols,
                 rows=start.rows,
                 shell=os.environ.get(SESSION_SHELL_ENV) or None,
+                profile=start.profile or None,
                 limits=SessionLimits(
                     idle_timeout_seconds=start.idle_timeout_seconds,
                     max_duration_seconds=start.max_duration_seconds,

@@ -47,6 +47,35 @@ def _session_options(
     return config
 
 
+MAX_SHELL_PROFILE_BYTES = 16 * 1024
+
+
+def read_shell_profile(path: Path) -> str:
+    """The text of --session-shell-profile, checked: UTF-8, no NUL, at most 16 KiB."""
+    field = "session_shell_profile"
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ValidationError(
+            f"--session-shell-profile: cannot read {path}: {error.strerror}", field=field
+        ) from None
+    if len(raw) > MAX_SHELL_PROFILE_BYTES:
+        raise ValidationError(
+            f"--session-shell-profile: {path} has {len(raw)} bytes, more than"
+            f" {MAX_SHELL_PROFILE_BYTES}",
+            field=field,
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError(
+            f"--session-shell-profile: {path} is not UTF-8 text", field=field
+        ) from None
+    if "\0" in text:
+        raise ValidationError(f"--session-shell-profile: {path} contains NUL", field=field)
+    return text
+
+
 def build_config(
     data_dir: Path,
     listen: str,
@@ -209,6 +238,14 @@ def server(
             " to come back (60s; 0: end at once).",
         ),
     ] = None,
+    session_shell_profile: Annotated[
+        Path | None,
+        typer.Option(
+            "--session-shell-profile",
+            help="A file of shell commands every interactive session runs first"
+            " (sourced; never echoed or recorded).",
+        ),
+    ] = None,
     session_record_input: Annotated[
         bool,
         typer.Option(
@@ -260,6 +297,10 @@ def server(
     )
     if session_record_input:
         config = dataclasses.replace(config, session_record_input=True)
+    if session_shell_profile is not None:
+        config = dataclasses.replace(
+            config, session_shell_profile=read_shell_profile(session_shell_profile)
+        )
     # Imported lazily so the rest of the CLI never loads the web framework.
     server_main = importlib.import_module("corral.server.main")
     result = server_main.run(config)

@@ -223,6 +223,8 @@ class SessionStart(Message):
     port: int | None = None
     # How long the agent keeps reconnecting a dropped session connection (0: never).
     resume_grace_seconds: float = 0.0
+    # Shells only: commands the shell runs first, sourced, never echoed or recorded.
+    profile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

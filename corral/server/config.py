@@ -98,6 +98,8 @@ class ServerConfig:
     session_record_input: bool = False
     # A shell session survives a dropped operator or node connection this long.
     session_resume_grace_seconds: float = 60.0
+    # Shell commands every interactive session runs first (Session Manager's shell profile).
+    session_shell_profile: str | None = None
     # Just-in-time access: the shortest and longest duration a request may ask for.
     access_min_duration_seconds: float = 60.0
     access_max_duration_seconds: float = 24 * 3600.0

@@ -170,6 +170,7 @@ class SessionHub:
             host=new.target_host,
             port=new.target_port,
             resume_grace_seconds=self._config.session_resume_grace_seconds,
+            profile=None if port else self._config.session_shell_profile,
         )
         if not await self._bus.publish(new.node_id, start):
             self._live.pop(record.id, None)

@@ -248,18 +248,22 @@ def test_an_authorised_user_observes_read_only_and_the_owner_is_told(
     assert {r["principal"] for r in audited} >= {"user:wanda"}
 
 
-def test_an_idle_shell_is_ended_with_a_message(tmp_path: Path) -> None:
-    """`corral server --session-idle-timeout 1s`: no input and no output for a second."""
+def test_the_shell_profile_runs_first_and_an_idle_shell_is_ended(tmp_path: Path) -> None:
+    """`corral server --session-shell-profile FILE --session-idle-timeout 1s`."""
     AGENT_ENV.update(SESSION_ENV)
+    profile = tmp_path / "profile.sh"
+    profile.write_text("export GREETING=from-the-profile\ncd /tmp\n")
     fleet = Fleet(tmp_path)
-    fleet.server.extra_args = ["--session-idle-timeout", "1s"]
+    fleet.server.extra_args = [
+        "--session-idle-timeout", "1s", "--session-shell-profile", str(profile),
+    ]  # fmt: skip
     try:
         fleet.start_server()
         [agent] = fleet.add_agents(1)
         term = Terminal([PYTHON, "-m", "corral", "session", "start", agent.node_id], cli_env(fleet))
         try:
-            term.send("echo rea''dy\r")
-            term.expect("ready")
+            term.send("echo rea''dy $GREETING in $PWD\r")
+            term.expect("ready from-the-profile in /tmp")
             started = time.monotonic()
             code = term.wait(timeout=20)
             waited = time.monotonic() - started
@@ -268,7 +272,10 @@ def test_an_idle_shell_is_ended_with_a_message(tmp_path: Path) -> None:
         assert code != 0
         assert b"[session ended: idle timeout (1 s without input or output)]" in term.transcript
         assert 0.5 <= waited <= 15
+        assert b"GREETING=" not in term.transcript  # never echoed
         [session] = fleet.server.cli_json("session", "list")
+        cast = fleet.server.data_dir / "blobs" / "recordings" / f"{session['session_id']}.cast"
+        assert "GREETING=" not in cast.read_text()  # nor recorded
         assert (session["status"], session["reason"]) == (
             "Terminated",
             "idle timeout (1 s without input or output)",
