@@ -665,10 +665,11 @@ class SessionHub:
         if decision.verdict is Verdict.REFUSE:
             assert isinstance(frame, streams.OpenFrame)
             refusal = streams.OpenFailedFrame(frame.stream, streams.safe_reason(decision.reason))
-            try:
-                await websocket.send_bytes(streams.encode(refusal))
-            except Exception:  # the operator went away; its pump ends the session
-                return _Next.STOP
+            async with live.operator_lock:  # between frames the node's pump forwards
+                try:
+                    await websocket.send_bytes(streams.encode(refusal))
+                except Exception:  # the operator went away; its pump handles that
+                    return _Next.STOP
             return _Next.SKIP
         return _Next.FORWARD if decision.verdict is Verdict.FORWARD else _Next.SKIP
 
