@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from corral.errors import ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart
-from corral.sessions.link import LinkClosed
+from corral.sessions.link import Connector, LinkClosed
 from corral.sessions.tunnel import (
     MAX_STREAMS,
     Endpoint,
@@ -99,14 +99,16 @@ class PortForward:
         """Serve the session until it ends, reconnecting a dropped connection within
         `grace` seconds; closes every connection at the end."""
         link = TunnelLink(
-            connect=connect,
-            grace=grace,
-            retry_cap=retry_cap,
+            Connector(
+                connect,
+                grace,
+                retry_cap,
+                lambda state: logger.info(
+                    "port session connection %s session_id=%s", state, self._session_id
+                ),
+            ),
             on_open=lambda frame: self._open(link, frame),
             hello=[streams.ResumeFrame()],  # "ready, and I serve port sessions"
-            on_state=lambda state: logger.info(
-                "port session connection %s session_id=%s", state, self._session_id
-            ),
         )
 
         async def watchdog(seconds: float) -> None:

@@ -35,7 +35,7 @@ from corral.agent.pty_session import PtySession, SessionLimits, default_session_
 from corral.errors import CorralError, ProtocolError
 from corral.protocol import streams
 from corral.protocol.messages import SessionStart, SessionTerminate
-from corral.sessions.link import LinkClosed, ShellLink
+from corral.sessions.link import Connector, LinkClosed, ShellLink
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +188,16 @@ class SessionManager:
             logger.info("session connection %s session_id=%s", state, start.session_id)
 
         link = ShellLink(
+            Connector(
+                lambda: self._connect(identity, start.session_id),
+                start.resume_grace_seconds,
+                self._retry_cap,
+                on_state,
+            ),
             send_stream=OUTPUT,
             receive_stream=INPUT,
-            connect=lambda: self._connect(identity, start.session_id),
             deliver=deliver,
             on_control=on_control,
-            grace=start.resume_grace_seconds,
-            retry_cap=self._retry_cap,
-            on_state=on_state,
         )
         output = asyncio.create_task(self._pump_output(shell, link))
         try:

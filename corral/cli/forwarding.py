@@ -31,7 +31,7 @@ from typing import Any
 from corral.cli.client import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from corral.errors import ProtocolError
 from corral.protocol import streams
-from corral.sessions.link import LOST, LinkClosed
+from corral.sessions.link import LOST, Connector, LinkClosed
 from corral.sessions.tunnel import MAX_STREAMS, Endpoint, SocketEndpoint, TunnelLink
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,12 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
+def retry_cap(grace: float) -> float:
+    """The longest wait between the CLI's reconnect attempts: short, and shorter for a
+    short grace period, so several attempts fit in it."""
+    return min(2.0, max(0.1, grace / 10))
+
+
 def _warn(message: str) -> None:
     sys.stderr.write(f"corral: {message}\n")
     sys.stderr.flush()
@@ -84,12 +90,7 @@ class _Session:
 
     def __init__(self, connect: Callable[[], Any], target: Target, grace: float) -> None:
         self.target = target
-        self.link = TunnelLink(
-            connect=connect,
-            grace=grace,
-            retry_cap=min(2.0, max(0.1, grace / 10)),
-            on_state=self._on_state,
-        )
+        self.link = TunnelLink(Connector(connect, grace, retry_cap(grace), self._on_state))
         self.tunnel = self.link.tunnel
         self.grace = grace
         self.tasks: set[asyncio.Future[object]] = set()

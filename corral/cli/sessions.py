@@ -28,11 +28,12 @@ from corral.cli.client import (
     ca_file_context,
     resolve_connection,
 )
+from corral.cli.forwarding import retry_cap
 from corral.cli.state import app_state
 from corral.errors import ProtocolError
 from corral.protocol import streams
 from corral.sessions.asciicast import replay as replay_recording
-from corral.sessions.link import LOST, LinkClosed, ShellLink
+from corral.sessions.link import LOST, Connector, LinkClosed, ShellLink
 from corral.sessions.tunnel import DEFAULT_HOST
 
 app = typer.Typer(
@@ -308,14 +309,11 @@ async def _terminal(connect: Callable[[], Any], grace: float) -> int:
             _note("reconnected")
 
     link = ShellLink(
+        Connector(connect, grace, retry_cap(grace), on_state),
         send_stream=INPUT,
         receive_stream=OUTPUT,
-        connect=connect,
         deliver=deliver,
         on_control=on_control,
-        grace=grace,
-        retry_cap=min(2.0, max(0.1, grace / 10)),
-        on_state=on_state,
     )
 
     def on_resize() -> None:

@@ -39,6 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -62,6 +63,18 @@ class LinkClosed(Exception):
         self.refused = refused
 
 
+@dataclass(frozen=True, slots=True)
+class Connector:
+    """How a link connects: the connection to open (an async context manager giving a
+    websockets connection), how long a dropped one may take to come back, the longest
+    wait between attempts, and who hears of drops (LOST, RESTORED)."""
+
+    connect: Callable[[], Any]
+    grace: float
+    retry_cap: float = 1.0
+    on_state: Callable[[str], None] | None = None
+
+
 class Link:
     """A session's connection to the server, replaced within `grace` when it drops.
 
@@ -72,18 +85,12 @@ class Link:
     """
 
     def __init__(
-        self,
-        *,
-        connect: Callable[[], Any],
-        grace: float,
-        retry_cap: float = 1.0,
-        on_state: Callable[[str], None] | None = None,
-        max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
+        self, connector: Connector, max_payload: int = streams.DEFAULT_MAX_PAYLOAD
     ) -> None:
-        self._connect = connect
-        self._on_state = on_state or (lambda _state: None)
-        self._grace = max(0.0, grace)
-        self._retry_cap = max(FIRST_RETRY_SECONDS, retry_cap)
+        self._connect = connector.connect
+        self._on_state = connector.on_state or (lambda _state: None)
+        self._grace = max(0.0, connector.grace)
+        self._retry_cap = max(FIRST_RETRY_SECONDS, connector.retry_cap)
         self._max_payload = max_payload
         self._ws: Any = None
         self._lock = asyncio.Lock()
@@ -239,25 +246,16 @@ class ShellLink(Link):
 
     def __init__(
         self,
+        connector: Connector,
         *,
         send_stream: int,
         receive_stream: int,
-        connect: Callable[[], Any],
         deliver: Callable[[bytes], Awaitable[None]],
         on_control: Callable[[streams.Frame], Awaitable[bool]],
-        grace: float,
-        retry_cap: float = 1.0,
-        on_state: Callable[[str], None] | None = None,
         window: int = streams.DEFAULT_WINDOW,
         max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        super().__init__(
-            connect=connect,
-            grace=grace,
-            retry_cap=retry_cap,
-            on_state=on_state,
-            max_payload=max_payload,
-        )
+        super().__init__(connector, max_payload)
         self._deliver = deliver
         self._on_control = on_control
         self._ack_every = max(1, window // 4)

@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 from corral.errors import ProtocolError
 from corral.protocol import streams
-from corral.sessions.link import Link
+from corral.sessions.link import Connector, Link
 
 logger = logging.getLogger(__name__)
 
@@ -449,23 +449,14 @@ class TunnelLink(Link):
 
     def __init__(
         self,
+        connector: Connector,
         *,
-        connect: Callable[[], Any],
-        grace: float,
-        retry_cap: float = 1.0,
-        on_state: Callable[[str], None] | None = None,
         on_open: Callable[[streams.OpenFrame], Awaitable[None]] | None = None,
         hello: Sequence[streams.Frame] = (),
         window: int = streams.DEFAULT_WINDOW,
         max_payload: int = streams.DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        super().__init__(
-            connect=connect,
-            grace=grace,
-            retry_cap=retry_cap,
-            on_state=on_state,
-            max_payload=max_payload,
-        )
+        super().__init__(connector, max_payload)
         self._on_open = on_open
         self._hello_frames = list(hello)
         self.tunnel = Tunnel(self.send, window, max_payload, emit=self.emit)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import AGENT_ENV, PYTHON, Fleet, wait_for
+from tests.e2e.harness import PYTHON, Fleet, wait_for
 from tests.e2e.relay import DOWN, UP, Relay
-from tests.e2e.test_sessions import SESSION_ENV, Terminal, cli_env
+from tests.e2e.test_sessions import Terminal, cli_env, sessions_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="sessions as another account need the agent to run as root"
@@ -40,30 +40,19 @@ _LINE = re.compile(rb"L(\d+)$")
 @pytest.fixture
 def resume_fleet(tmp_path: Path) -> Iterator[tuple[Fleet, Relay]]:
     """A server with a short grace period, and one agent that reaches it through a relay."""
-    AGENT_ENV.update(SESSION_ENV)
-    fleet = Fleet(tmp_path)
-    fleet.server.extra_args = ["--session-resume-grace", f"{GRACE_SECONDS}s"]
-    relay: Relay | None = None
-    try:
-        fleet.start_server()
+    with sessions_server(tmp_path, "--session-resume-grace", f"{GRACE_SECONDS}s") as fleet:
         relay = Relay(fleet.server.port)
-        [agent] = fleet.add_agents(1, tags=["env=dev"], start=False)
-        identity_file = agent.state_dir / "identity.json"
-        identity = json.loads(identity_file.read_text())
-        identity["server_url"] = relay.url
-        identity_file.write_text(json.dumps(identity))
-        agent.start()
-        fleet.wait_online([agent.node_id])
-        yield fleet, relay
-    except BaseException:
-        print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
-        raise
-    finally:
-        for key in SESSION_ENV:
-            AGENT_ENV.pop(key, None)
-        if relay is not None:
+        try:
+            [agent] = fleet.add_agents(1, tags=["env=dev"], start=False)
+            identity_file = agent.state_dir / "identity.json"
+            identity = json.loads(identity_file.read_text())
+            identity["server_url"] = relay.url
+            identity_file.write_text(json.dumps(identity))
+            agent.start()
+            fleet.wait_online([agent.node_id])
+            yield fleet, relay
+        finally:
             relay.close()
-        fleet.stop()
 
 
 def _start(fleet: Fleet, server_url: str) -> Terminal:

@@ -98,14 +98,15 @@ class Terminal:
         os.close(self.master)
 
 
-@pytest.fixture
-def session_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """A server and one agent whose sessions run as the test's own user."""
+@contextlib.contextmanager
+def sessions_server(root: Path, *server_args: str) -> Iterator[Fleet]:
+    """A running server (with `server_args`); agents added to it run sessions as
+    `nobody` with bash. Every process's log is printed if the block fails."""
     AGENT_ENV.update(SESSION_ENV)
-    fleet = Fleet(tmp_path)
+    fleet = Fleet(root)
+    fleet.server.extra_args = list(server_args)
     try:
         fleet.start_server()
-        fleet.add_agents(1, tags=["env=dev"])
         yield fleet
     except BaseException:
         print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
@@ -114,6 +115,14 @@ def session_fleet(tmp_path: Path) -> Iterator[Fleet]:
         for key in SESSION_ENV:
             AGENT_ENV.pop(key, None)
         fleet.stop()
+
+
+@pytest.fixture
+def session_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A server and one agent tagged env=dev."""
+    with sessions_server(tmp_path) as fleet:
+        fleet.add_agents(1, tags=["env=dev"])
+        yield fleet
 
 
 def cli_env(fleet: Fleet, token: str | None = None) -> dict[str, str]:
@@ -250,15 +259,10 @@ def test_an_authorised_user_observes_read_only_and_the_owner_is_told(
 
 def test_the_shell_profile_runs_first_and_an_idle_shell_is_ended(tmp_path: Path) -> None:
     """`corral server --session-shell-profile FILE --session-idle-timeout 1s`."""
-    AGENT_ENV.update(SESSION_ENV)
     profile = tmp_path / "profile.sh"
     profile.write_text("export GREETING=from-the-profile\ncd /tmp\n")
-    fleet = Fleet(tmp_path)
-    fleet.server.extra_args = [
-        "--session-idle-timeout", "1s", "--session-shell-profile", str(profile),
-    ]  # fmt: skip
-    try:
-        fleet.start_server()
+    args = ["--session-idle-timeout", "1s", "--session-shell-profile", str(profile)]
+    with sessions_server(tmp_path, *args) as fleet:
         [agent] = fleet.add_agents(1)
         term = Terminal([PYTHON, "-m", "corral", "session", "start", agent.node_id], cli_env(fleet))
         try:
@@ -280,10 +284,3 @@ def test_the_shell_profile_runs_first_and_an_idle_shell_is_ended(tmp_path: Path)
             "Terminated",
             "idle timeout (1 s without input or output)",
         )
-    except BaseException:
-        print(fleet.logs())  # noqa: T201 - shown by pytest only when the test fails
-        raise
-    finally:
-        for key in SESSION_ENV:
-            AGENT_ENV.pop(key, None)
-        fleet.stop()
