@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -61,6 +61,61 @@ class LinkClosed(Exception):
         self.reason = reason
         # True when the server refused the new connection: the session had ended.
         self.refused = refused
+
+
+@dataclass(slots=True)
+class Duplex:
+    """Both directions of one stream at one end: what this end sends (window and
+    resend buffer) and what it receives (in order, held in `inbox` until handed on,
+    acknowledged once handed on). A shell session has one; a port session one per
+    carried connection."""
+
+    sender: streams.StreamSender
+    receiver: streams.StreamReceiver
+    inbox: bytearray = field(default_factory=bytearray)  # received, not handed on yet
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # inbox or EOF changed
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # an ACK (or resume) freed window
+
+    def apply(self, frame: streams.DataFrame | streams.EofFrame | streams.AckFrame) -> None:
+        """Take one DATA, EOF or ACK from the peer (the caller checked its stream id)."""
+        if isinstance(frame, streams.DataFrame):
+            data = self.receiver.on_data(frame.offset, frame.payload)
+            if data:
+                self.inbox += data
+                self.arrived.set()
+        elif isinstance(frame, streams.EofFrame):
+            self.receiver.on_eof(frame.offset)
+            self.arrived.set()
+        else:
+            self.sender.on_ack(frame.offset)
+            self.room.set()
+
+    async def hand_on(
+        self,
+        write: Callable[[bytes], Awaitable[None]],
+        send: Callable[[streams.Frame], Awaitable[None]],
+        ack_every: int,
+    ) -> None:
+        """Give received bytes to `write` as they come, acknowledging them once written
+        (only when nothing more is waiting, so an ACK never covers bytes still held);
+        returns at the peer's EOF, after the final ACK."""
+        while True:
+            if self.inbox:
+                data = bytes(self.inbox)
+                self.inbox.clear()
+                await write(data)
+                if not self.inbox:
+                    ack = self.receiver.ack_due(ack_every)
+                    if ack is not None:
+                        await send(ack)
+                continue
+            if self.receiver.eof:
+                ack = self.receiver.ack_due(force=True)
+                if ack is not None:
+                    await send(ack)
+                return
+            self.arrived.clear()
+            await self.arrived.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +314,13 @@ class ShellLink(Link):
         self._deliver = deliver
         self._on_control = on_control
         self._ack_every = max(1, window // 4)
-        self._sender = streams.StreamSender(send_stream, window)
-        self._receiver = streams.StreamReceiver(receive_stream, window)
-        self._room = asyncio.Event()
-        self._arrived = asyncio.Event()
-        self._inbox = bytearray()
+        self._duplex = Duplex(
+            streams.StreamSender(send_stream, window),
+            streams.StreamReceiver(receive_stream, window),
+        )
+        self._sender = self._duplex.sender
+        self._receiver = self._duplex.receiver
+        self._room = self._duplex.room
         self._controls: dict[type, streams.Frame] = {}
 
     @property
@@ -314,17 +371,7 @@ class ShellLink(Link):
                 f"{type(frame).__name__} on stream {frame.stream}, expected {expected}",
                 "bad_frame",
             )
-        if isinstance(frame, streams.DataFrame):
-            data = self._receiver.on_data(frame.offset, frame.payload)
-            if data:
-                self._inbox += data
-                self._arrived.set()
-        elif isinstance(frame, streams.EofFrame):
-            self._receiver.on_eof(frame.offset)
-            self._arrived.set()
-        else:
-            self._sender.on_ack(frame.offset)
-            self._room.set()
+        self._duplex.apply(frame)
 
     # --- sending ----------------------------------------------------------------
 
@@ -364,21 +411,6 @@ class ShellLink(Link):
     # --- receiving --------------------------------------------------------------
 
     async def _consume(self) -> None:
-        """Hand received bytes to `deliver`, then acknowledge them."""
-        while True:
-            if self._inbox:
-                data = bytes(self._inbox)
-                self._inbox.clear()
-                await self._deliver(data)
-                if not self._inbox:
-                    await self._ack(self._receiver.ack_due(self._ack_every))
-                continue
-            if self._receiver.eof:
-                await self._ack(self._receiver.ack_due(force=True))
-                return
-            self._arrived.clear()
-            await self._arrived.wait()
-
-    async def _ack(self, ack: streams.AckFrame | None) -> None:
-        if ack is not None:  # when not connected, the next RESUME carries the position
-            await self.send(ack)
+        """Hand received bytes to `deliver`, then acknowledge them (when not connected,
+        the next RESUME carries the position)."""
+        await self._duplex.hand_on(self._deliver, self.send, self._ack_every)

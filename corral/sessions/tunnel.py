@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 from corral.errors import ProtocolError
 from corral.protocol import streams
-from corral.sessions.link import Connector, Link
+from corral.sessions.link import Connector, Duplex, Link
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +149,9 @@ def describe(error: BaseException) -> str:
 
 
 @dataclass(slots=True)
-class _Channel:
+class _Channel(Duplex):
     """One carried connection as this side sees it."""
 
-    sender: streams.StreamSender
-    receiver: streams.StreamReceiver
-    inbox: bytearray = field(default_factory=bytearray)  # received, not yet written
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # inbox or EOF changed
-    room: asyncio.Event = field(default_factory=asyncio.Event)  # an ACK freed window
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     failure: str | None = None  # the peer's OPEN_FAILED reason
     target: tuple[str, int] | None = None  # the opener's: where OPEN asked to go
@@ -247,20 +242,11 @@ class Tunnel:
         if channel is None:
             return  # ended here already; the peer's frames were in flight
         channel.confirmed = True
-        if isinstance(frame, streams.DataFrame):
-            data = channel.receiver.on_data(frame.offset, frame.payload)
-            if data:
-                channel.inbox += data
-                channel.arrived.set()
-        elif isinstance(frame, streams.EofFrame):
-            channel.receiver.on_eof(frame.offset)
-            channel.arrived.set()
-        elif isinstance(frame, streams.AckFrame):
-            channel.sender.on_ack(frame.offset)
-            channel.room.set()
-        else:
+        if isinstance(frame, streams.OpenFailedFrame):
             channel.failure = frame.reason or "the connection failed"
             channel.failed.set()
+        else:
+            channel.apply(frame)
 
     # --- resuming after the session's connection was replaced ------------------------
 
@@ -418,25 +404,8 @@ class Tunnel:
 
     async def _download(self, channel: _Channel, endpoint: Endpoint) -> None:
         """Peer -> endpoint; acknowledges what was written, then half-closes at EOF."""
-        receiver = channel.receiver
-        while True:
-            if channel.inbox:
-                data = bytes(channel.inbox)
-                channel.inbox.clear()
-                await endpoint.write(data)
-                if not channel.inbox:
-                    ack = receiver.ack_due(self._ack_every)
-                    if ack is not None:
-                        await self._send(ack)
-                continue
-            if receiver.eof:
-                ack = receiver.ack_due(force=True)
-                if ack is not None:
-                    await self._send(ack)
-                await endpoint.write_eof()
-                return
-            channel.arrived.clear()
-            await channel.arrived.wait()
+        await channel.hand_on(endpoint.write, self._send, self._ack_every)
+        await endpoint.write_eof()
 
 
 class TunnelLink(Link):
