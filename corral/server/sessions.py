@@ -9,11 +9,12 @@ node over its control channel (`SessionStart`). The agent opens a data WebSocket
 of its own, outbound like everything it does, authenticated with a signed upgrade
 request. Both sides speak the binary frames of `corral.protocol.streams`: the
 operator's keystrokes are DATA on stream 0, the shell's output DATA on stream 1,
-window sizes RESIZE, and the shell's end EXIT. The server forwards each frame and
-records output (and, when configured, input) as asciicast v2 while the session
-runs: the recording is appended as it goes, so a crash loses at most what was in
-flight. Forwarding awaits each send, so a slow reader slows the shell down
-(WebSocket backpressure) and no buffer here grows without bound.
+window sizes RESIZE, acknowledgements ACK, and the shell's end EXIT. The server
+forwards each frame and records output (and, when configured, input) as asciicast
+v2 while the session runs: the recording is appended as it goes, so a crash loses at
+most what was in flight. Forwarding awaits each send, and the endpoints hold at
+most a window of unacknowledged bytes, so a slow reader slows the shell down and no
+buffer here grows without bound.
 
 A port session (`kind` "port": `session forward`, `session proxy`) carries TCP
 connections as streams (`corral.sessions.tunnel`). Nothing of their content is
@@ -26,6 +27,23 @@ port sessions: until then the operator's frames wait, and anything else ends the
 session (an agent too old to know port sessions would have started a shell).
 Port sessions have no idle timeout (an idle SSH connection is not abandoned); the
 maximum duration, when configured, applies to them too.
+
+Resuming (`session_resume_grace_seconds`, default 60 s). The endpoints (CLI and
+agent) hold the stream state (`corral.sessions.link`); the relay only replaces
+connections and keeps the order:
+
+* A side's connection that breaks (no close frame) is waited for for the grace
+  period; one closed on purpose (1000/1001) ends the session at once, and so does a
+  break before both sides were ever connected.
+* A second connection from a side replaces the first (which is closed). Its first
+  frame must be RESUME; the relay hands it to the other side as RESUME_REQ, and from
+  the moment the replacement arrived it drops the other side's DATA, ACK and EOF
+  until that side's next RESUME (its answer): they were sent before it knew what the
+  reconnected side has, and its resend covers them.
+* Frames to a side are sent under that side's lock, and a pump whose connection was
+  replaced forwards nothing more, so nothing stale slips in after a RESUME.
+* Bytes are counted, recorded and shown to observers once, by their stream offset,
+  however often a resume sends them.
 """
 
 from __future__ import annotations

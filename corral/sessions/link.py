@@ -1,12 +1,12 @@
-"""One end of a shell session's byte streams, kept alive across dropped connections.
+"""One end of a session's byte streams, kept alive across dropped connections.
 
 The operator's CLI and the agent each run a `Link` over their WebSocket to the
-server. It owns the two directions of the session at this end: a
-`streams.StreamSender` for what this end writes (keystrokes at the CLI, the shell's
-output at the agent) and a `streams.StreamReceiver` for what it reads. Because the
-byte positions live here and not in a connection, a connection that drops is
-replaced within `grace` seconds and the session goes on where it was, with no byte
-lost or repeated:
+server: a `ShellLink` for a shell, a `corral.sessions.tunnel.TunnelLink` for a port
+forward. Each stream has, at each end, a `Duplex`: a `streams.StreamSender` for
+what this end writes (keystrokes at the CLI, the shell's output at the agent) and a
+`streams.StreamReceiver` for what it reads. Because the byte positions live here
+and not in a connection, a connection that drops is replaced within `grace` seconds
+and the session goes on where it was, with no byte lost or repeated:
 
 * **Reconnect.** When the connection drops, the sender pauses (nothing is sent into
   a connection that may not deliver it) and the link connects again, with a
