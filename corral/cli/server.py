@@ -215,6 +215,14 @@ def server(
         str | None,
         typer.Option("--access-max-duration", help="Longest just-in-time grant (24h)."),
     ] = None,
+    ws_ping_interval: Annotated[
+        str | None,
+        typer.Option(
+            "--ws-ping-interval",
+            help="Ping every WebSocket this often; one silent as long again is closed"
+            " (20s; 0: never).",
+        ),
+    ] = None,
     session_idle_timeout: Annotated[
         str | None,
         typer.Option(
@@ -295,6 +303,11 @@ def server(
     config = _session_options(
         config, session_idle_timeout, session_max_duration, session_resume_grace
     )
+    if ws_ping_interval is not None:
+        seconds = parse_duration(ws_ping_interval, "ws_ping_interval") or None
+        config = dataclasses.replace(
+            config, ws_ping_interval_seconds=seconds, ws_ping_timeout_seconds=seconds
+        )
     if session_record_input:
         config = dataclasses.replace(config, session_record_input=True)
     if session_shell_profile is not None:

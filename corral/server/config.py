@@ -36,6 +36,11 @@ class ServerConfig:
     dispatch_tick_seconds: float = 1.0
     # Largest frame accepted from an agent.
     max_message_bytes: int = 1024 * 1024
+    # Every WebSocket (agents, sessions) is pinged this often; one that does not answer
+    # within the timeout is closed, so a half-open connection (a laptop that went to
+    # sleep, a network that vanished) is noticed and a session's grace period starts.
+    ws_ping_interval_seconds: float | None = 20.0
+    ws_ping_timeout_seconds: float | None = 20.0
     # Extra time past an invocation's execution timeout before the server gives up
     # on an agent that never reported (the agent itself enforces the timeout).
     execution_grace_seconds: float = 60.0

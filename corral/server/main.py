@@ -44,7 +44,8 @@ def uvicorn_config(config: ServerConfig) -> uvicorn.Config:
         lifespan="on",
         ws=AgentWebSocketProtocol,
         ws_max_size=4 * config.max_message_bytes + 65_536,
-        ws_ping_interval=None,
+        ws_ping_interval=config.ws_ping_interval_seconds,
+        ws_ping_timeout=config.ws_ping_timeout_seconds,
         # Frames are small JSON; compressing them costs both ends more CPU than it saves.
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=int(max(1, config.shutdown_grace_seconds)),

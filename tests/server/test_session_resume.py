@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,8 +50,10 @@ class Shell:
 
 
 @contextlib.asynccontextmanager
-async def shell_session(tmp_path: Path, grace: float = 30.0) -> AsyncIterator[Shell]:
-    config = dataclasses.replace(fast_config(tmp_path / "data"), session_resume_grace_seconds=grace)
+async def shell_session(
+    tmp_path: Path, grace: float = 30.0, **settings: object
+) -> AsyncIterator[Shell]:
+    config = fast_config(tmp_path / "data", session_resume_grace_seconds=grace, **settings)
     async with live_server(config) as live, live.client() as client:
         node_id, key = await register(client)
         control = await connect_agent(live.ws_url, node_id, key)
@@ -173,3 +176,20 @@ async def test_a_connection_closed_on_purpose_ends_the_session_at_once(tmp_path:
         record = await shell.record()
     assert end == streams.ExitFrame(-1, "the operator closed the session connection")
     assert record["status"] == "Terminated"
+
+
+async def test_a_half_open_connection_is_noticed_by_its_silence(tmp_path: Path) -> None:
+    """The operator's machine stops answering (asleep, network gone): no close, no reset.
+    The server's pings go unanswered, so it closes the connection and the grace
+    period runs."""
+    settings = {"ws_ping_interval_seconds": 0.2, "ws_ping_timeout_seconds": 0.3}
+    async with shell_session(tmp_path, grace=GRACE, **settings) as shell:
+        shell.operator.transport.pause_reading()  # no pong will come back
+        started = time.monotonic()
+        end = await frame(shell.agent)
+        took = time.monotonic() - started
+        drop(shell.operator)  # it would wait for a closing handshake that cannot come
+    assert end == streams.ExitFrame(
+        -1, "the operator's connection was lost and not restored within 0.5 s"
+    )
+    assert 0.5 <= took < 5
