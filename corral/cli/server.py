@@ -304,9 +304,9 @@ def server(
         config, session_idle_timeout, session_max_duration, session_resume_grace
     )
     if ws_ping_interval is not None:
-        seconds = parse_duration(ws_ping_interval, "ws_ping_interval") or None
+        ping = parse_duration(ws_ping_interval, "ws_ping_interval") or None
         config = dataclasses.replace(
-            config, ws_ping_interval_seconds=seconds, ws_ping_timeout_seconds=seconds
+            config, ws_ping_interval_seconds=ping, ws_ping_timeout_seconds=ping
         )
     if session_record_input:
         config = dataclasses.replace(config, session_record_input=True)
