@@ -278,6 +278,7 @@ class Agent:
             signature=identity.sign(auth_payload(hello.nonce, identity.node_id)),
             protocol_version=PROTOCOL_VERSION,
             info=info,
+            sessions=[] if self._sessions is None else self._sessions.running(),
         )
         await ws.send(codec.encode(auth))
         try:

@@ -67,6 +67,10 @@ class SessionManager:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._shells: dict[str, PtySession] = {}
 
+    def running(self) -> list[str]:
+        """The ids of the sessions this process runs now (told to the server on connect)."""
+        return list(self._running)
+
     async def handle(self, message: SessionStart | SessionTerminate) -> None:
         """Act on a session message from the control channel."""
         if isinstance(message, SessionTerminate):

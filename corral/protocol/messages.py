@@ -154,6 +154,9 @@ class Auth(Message):
     signature: bytes
     protocol_version: int
     info: NodeInfo
+    # The sessions this agent process is running (None: an agent that does not say).
+    # A session the server waits for that is not here died with an earlier process.
+    sessions: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

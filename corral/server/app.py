@@ -129,6 +129,8 @@ async def build_context(config: ServerConfig) -> ServerContext:
     except BaseException:
         await store.close()
         raise
+    sessions = SessionHub(config, store, blobs, bus, audit)
+    gateway.on_connect = sessions.node_connected
     return ServerContext(
         config=config,
         store=store,
@@ -145,7 +147,7 @@ async def build_context(config: ServerConfig) -> ServerContext:
             access_keys=AccessKeys(store, parameters.keyring, config.sigv4_max_skew_seconds),
         ),
         params=parameters,
-        sessions=SessionHub(config, store, blobs, bus, audit),
+        sessions=sessions,
         transfers=TransferHub(bus, audit, config.session_connect_timeout_seconds),
     )
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -88,6 +89,8 @@ class Gateway:
     ) -> None:
         self._config = config
         self.audit = audit
+        # Told of every agent that connects, with the sessions it says it runs.
+        self.on_connect: Callable[[str, list[str] | None], None] = lambda _node, _sessions: None
         self._store = store
         self._blobs = blobs
         self._bus = bus
@@ -296,6 +299,7 @@ class _Connection:
         logger.info("agent connected node_id=%s agent_version=%s", node_id, auth.info.agent_version)
         self._event("node:Connect", "allowed", details={"agent_version": auth.info.agent_version})
         await self.g._dispatcher.node_connected(node_id, auth.info.platform_type)
+        self.g.on_connect(node_id, auth.sessions)
 
     def _event(
         self,

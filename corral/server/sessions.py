@@ -396,6 +396,23 @@ class SessionHub:
         if live.ended.is_set():
             await self._until_finished(live)
 
+    def node_connected(self, node_id: str, running: list[str] | None) -> None:
+        """An agent (re)connected saying which sessions it runs: a session waiting for
+        this node's side that is not among them died with an earlier agent process,
+        so it ends now instead of at the end of its grace period."""
+        if running is None:  # an agent that does not say
+            return
+        for session_id, live in list(self._live.items()):
+            if (
+                live.record.node_id == node_id
+                and live.joined
+                and live.agent is None
+                and not live.ended.is_set()
+                and session_id not in running
+            ):
+                reason = "the node's agent restarted; the session ended with it"
+                self.spawn(self.end(session_id, "Failed", reason))
+
     def _grace_over(self, live: Live, from_agent: bool, count: int, status: str) -> None:
         """The grace period of a lost connection is over: end unless that side is back."""
         if live.ended.is_set():

@@ -276,3 +276,25 @@ def test_a_port_forward_and_its_connections_survive_a_dropped_connection(
     sent = sum(map(len, payloads)) + len(b"after the outage") + len(b"a new connection")
     sent += len(b"opened during the outage" * 1000)
     assert session["bytes_in"] == sent  # counted once, resent bytes or not
+
+
+def test_a_session_whose_agent_restarted_ends_at_once(resume_fleet: tuple[Fleet, Relay]) -> None:
+    """The shell died with the agent process: the restarted agent says which sessions it
+    runs, and the server ends this one then, not at the end of the grace period."""
+    fleet, _node_relay = resume_fleet
+    agent = fleet.agents[0]
+    term = _start(fleet, fleet.server.url)
+    try:
+        agent.stop(signal.SIGKILL)
+        started = time.monotonic()
+        agent.start()
+        code = term.wait(timeout=GRACE_SECONDS + 20)
+        took = time.monotonic() - started
+    finally:
+        term.close()
+    reason = "the node's agent restarted; the session ended with it"
+    assert code == 1
+    assert f"[session ended: {reason}]".encode() in term.transcript
+    [session] = fleet.server.cli_json("session", "list")
+    assert (session["status"], session["reason"]) == ("Failed", reason)
+    assert took < GRACE_SECONDS, "it waited for the grace period"
