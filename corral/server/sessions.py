@@ -40,6 +40,9 @@ connections and keeps the order:
   the moment the replacement arrived it drops the other side's DATA, ACK and EOF
   until that side's next RESUME (its answer): they were sent before it knew what the
   reconnected side has, and its resend covers them.
+* While a side is away, what the other side sends is dropped, not held: it is sent
+  again after the RESUME exchange, and the connection keeps being read (pings
+  answered, no stall). Only before both sides were ever connected is it held.
 * Frames to a side are sent under that side's lock, and a pump whose connection was
   replaced forwards nothing more, so nothing stale slips in after a RESUME.
 * Bytes are counted, recorded and shown to observers once, by their stream offset,
@@ -502,7 +505,12 @@ class SessionHub:
         lock = live.operator_lock if from_agent else live.agent_lock
         while True:
             if not peer_ready.is_set():
-                await _either(peer_ready, live.ended)
+                if live.joined:
+                    # The other side is away and will resume: what this side sends
+                    # meanwhile is sent again after its RESUME, so it is not held (and
+                    # this connection keeps being read: its pings are answered).
+                    return not live.ended.is_set()
+                await _either(peer_ready, live.ended)  # the other side's first connection
             if live.ended.is_set():
                 return False
             async with lock:

@@ -90,7 +90,7 @@ async def test_a_new_operator_connection_resumes_and_the_node_resends_once(
         assert await frame(shell.operator) == streams.DataFrame(1, 0, b"abc")
         drop(shell.operator)
         await asyncio.sleep(0.2)
-        # Output while the operator is away waits at the relay ...
+        # Output while the operator is away is not held by the relay ...
         await send(shell.agent, streams.DataFrame(1, 3, b"def"))
         operator = await shell.operator_again()
         await send(operator, streams.ResumeFrame((streams.StreamPosition(1, 3),)))
@@ -98,7 +98,7 @@ async def test_a_new_operator_connection_resumes_and_the_node_resends_once(
         assert await frame(shell.agent) == streams.ResumeFrame(
             (streams.StreamPosition(1, 3),), request=True
         )
-        # The DATA held from before the answer is dropped; the answer, then the resend.
+        # ... the node's answer comes first, then it sends that output again.
         await send(
             shell.agent,
             streams.ResumeFrame((streams.StreamPosition(0, 0),)),
@@ -193,3 +193,22 @@ async def test_a_half_open_connection_is_noticed_by_its_silence(tmp_path: Path) 
         -1, "the operator's connection was lost and not restored within 0.5 s"
     )
     assert 0.5 <= took < 5
+
+
+async def test_the_side_that_stays_is_still_read_while_the_other_is_away(tmp_path: Path) -> None:
+    """Output sent while the operator is away is dropped, not held, so the node's
+    connection keeps being read and answers the server's pings: it is still the same
+    connection when the operator comes back."""
+    settings = {"ws_ping_interval_seconds": 0.2, "ws_ping_timeout_seconds": 0.3}
+    async with shell_session(tmp_path, **settings) as shell:
+        drop(shell.operator)
+        await asyncio.sleep(0.2)
+        for offset in range(0, 30, 3):
+            await send(shell.agent, streams.DataFrame(1, offset, b"abc"))
+        await asyncio.sleep(1.5)  # many ping periods
+        operator = await shell.operator_again()
+        await send(operator, streams.ResumeFrame((streams.StreamPosition(1, 0),)))
+        assert await frame(shell.agent) == streams.ResumeFrame(
+            (streams.StreamPosition(1, 0),), request=True
+        )
+        await operator.close()
