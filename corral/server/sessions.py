@@ -324,7 +324,7 @@ class SessionHub:
                     live, lambda _at: live.writer.header() if live.writer else b"", 0.0
                 )
         else:
-            logger.info("session resumed by the node session_id=%s", session_id)
+            self._audit_resume(live, websocket, from_agent=True)
         code = await self._pump(live, websocket, from_agent=True, resuming=resuming)
         await self._detach(live, websocket, from_agent=True, code=code)
 
@@ -337,7 +337,7 @@ class SessionHub:
         await websocket.accept()
         resuming = self._attach(live, websocket, from_agent=False)
         if resuming:
-            logger.info("session resumed by the operator session_id=%s", session_id)
+            self._audit_resume(live, websocket, from_agent=False)
         self._ready(live, from_agent=False)
         code = await self._pump(live, websocket, from_agent=False, resuming=resuming)
         await self._detach(live, websocket, from_agent=False, code=code)
@@ -359,6 +359,20 @@ class SessionHub:
         if old is not None:  # half-open, or the peer gave up on it: its pump stops
             self.spawn(_close_quietly(old))
         return resuming
+
+    def _audit_resume(self, live: Live, websocket: WebSocket, from_agent: bool) -> None:
+        """A side came back on a new connection: logged, and a `session:Resume` event
+        with where it came from (a resume from an unexpected address is worth a look)."""
+        side = "node" if from_agent else "operator"
+        client = websocket.client.host if websocket.client else None
+        logger.info("session resumed by the %s session_id=%s", side, live.record.id)
+        self._audit.event(
+            "session:Resume",
+            [f"session:{live.record.id}", f"node:{live.record.node_id}"],
+            principal=f"node:{live.record.node_id}" if from_agent else live.record.owner,
+            details={"side": side},
+            source=client,
+        )
 
     def _ready(self, live: Live, from_agent: bool) -> None:
         (live.agent_ready if from_agent else live.operator_ready).set()
