@@ -12,6 +12,20 @@ from tests.e2e.harness import Fleet
 pytestmark = pytest.mark.e2e
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the logs of every fleet it used."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        candidates = value if isinstance(value, tuple) else (value,)
+        for fleet in candidates:
+            if isinstance(fleet, Fleet):
+                report.sections.append((f"logs of {name}", fleet.logs()))
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """One server and three agents (two `role=web`, one `role=db`), shared by a module."""

@@ -8,8 +8,6 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from tests.e2e.harness import free_port
-
 UP, DOWN = "up", "down"  # client -> upstream, upstream -> client
 
 
@@ -41,14 +39,15 @@ class Relay:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.port = free_port()
         self.cuts = 0
         self.held = threading.Event()
         self._trigger: _Trigger | None = None
         self._held_pair: _Pair | None = None
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self._listener = socket.create_server(("127.0.0.1", self.port))
+        # Port 0: the kernel picks a free one, so no other process can take it first.
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
         self._closed = False
         self._refusing = False
         threading.Thread(target=self._accept, daemon=True).start()

@@ -89,7 +89,12 @@ class Terminal:
                     chunk = os.read(self.master, 65536)
                     self.buffer += chunk
                     self.transcript += chunk
-        return self.process.wait(1)
+        try:
+            return self.process.wait(1)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running after {timeout} s; its terminal ends with {self.buffer[-2000:]!r}"
+            ) from None
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -163,7 +168,7 @@ def test_an_interactive_shell_round_trips_resizes_interrupts_and_is_recorded(
         term.expect("after-interrupt")
         assert b"slept" not in term.buffer
         term.send("exit 3\r")
-        assert term.wait() == 3
+        assert term.wait(timeout=30) == 3
     finally:
         term.close()
     [session] = server.cli_json("session", "list")
