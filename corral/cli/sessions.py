@@ -257,7 +257,7 @@ async def _terminal(connect: Callable[[], Any], grace: float) -> int:
     saved = termios.tcgetattr(stdin) if interactive else None
     pending: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
     resizes: set[asyncio.Task[None]] = set()
-    out = sys.stdout.buffer
+    out = sys.stdout.fileno()
     ended: dict[str, Any] = {"code": 1}
 
     reading = True
@@ -288,8 +288,7 @@ async def _terminal(connect: Callable[[], Any], grace: float) -> int:
                 reading = True
 
     async def deliver(data: bytes) -> None:
-        out.write(data)
-        out.flush()
+        await _write_all(out, data)
 
     async def on_control(frame: streams.Frame) -> bool:
         if isinstance(frame, streams.NoticeFrame):
@@ -348,6 +347,27 @@ async def _terminal(connect: Callable[[], Any], grace: float) -> int:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
     return int(ended["code"])
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd`, waiting (not failing) when it is non-blocking and full."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(fd, _resolve, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _note(text: str) -> None:

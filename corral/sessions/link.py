@@ -334,14 +334,19 @@ class ShellLink(Link):
         return self._receiver.received
 
     async def run(self) -> None:
-        """`Link.run`, with the task that hands received bytes to `deliver`."""
+        """`Link.run`, with the task that hands received bytes to `deliver`; an error
+        there (the terminal went away) ends the run too, instead of stalling it."""
         consumer = asyncio.create_task(self._consume())
+        runner = asyncio.create_task(super().run())
         try:
-            await super().run()
+            done, _ = await asyncio.wait({consumer, runner}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done and runner not in done:
+                consumer.result()  # raises what `deliver` raised; None after the peer's EOF
+            await runner
         finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await consumer
+            for task in (consumer, runner):
+                task.cancel()
+            await asyncio.gather(consumer, runner, return_exceptions=True)
 
     def _lost(self) -> None:
         self._sender.connection_lost()
