@@ -15,12 +15,15 @@ Rules:
   cost after the bash exec itself.
 * An invocation with secrets (`Invoke.mask`) is scrubbed when acknowledged: `run.sh`
   emptied and the raw output removed at once, not when the directory is retired.
-* An acknowledged invocation's directory is emptied (all but `run.sh` removed) and
-  moved to `DIR/spare/`; the next invocation's `run.sh` is overwritten in a spare,
-  which is then renamed into place. Reusing inodes spares the file system its
-  costliest work, allocating inodes (ext4 scans past every recently deleted one) and
-  freeing them. Output files are never reused: a background process the script left
-  behind may still hold them open. A directory holding anything unexpected is removed.
+* An acknowledged invocation's directory is emptied (`run.sh` and `progress` are
+  truncated, everything else removed) and moved to `DIR/spare/`; the next
+  invocation's `run.sh` is overwritten in a spare, which is then renamed into place.
+  Reusing inodes spares the file system its costliest work, allocating inodes (ext4
+  scans past every recently deleted one) and freeing them. `progress` is safe to
+  reuse: only the wrapper opens it, for one `printf` at a time, so nothing the
+  script started holds it. Output files are never reused: a background process the
+  script left behind may still hold them open. A directory holding anything
+  unexpected is removed.
 * The worker is started with posix_spawn in its own session (so its pid is its
   process group id), stdin /dev/null and stdout/stderr appended to the files; it is
   one bash exec and never the agent's Python.
@@ -51,10 +54,11 @@ WORKER_DIED_MESSAGE = (
 )
 SKIPPED = "Skipped"
 INVOKE_PREFIX = b"# corral-invoke "
-# Files of a finished invocation a spare directory drops (its run.sh is overwritten).
-_REMOVED_FILES = frozenset(
-    {"stdout", "stderr", "progress", "kill", "result.json", "result.json.tmp"}
-)
+# Files of a finished invocation a spare directory drops.
+_REMOVED_FILES = frozenset({"stdout", "stderr", "kill", "result.json", "result.json.tmp"})
+# Files a spare directory keeps, emptied, for their inodes (run.sh is overwritten, the
+# wrapper appends to progress).
+_KEPT_FILES = ("run.sh", "progress")
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -191,21 +195,22 @@ def prepare(inv_dir: Path, invoke: Invoke, spare: Path | None = None) -> None:
 def recycle(inv_dir: Path, spare: Path) -> bool:
     """Empty a finished invocation's directory and move it to `spare`; else remove it.
 
-    Nothing of the finished invocation stays readable: `run.sh` is kept only as an
-    empty file, for its inode.
+    Nothing of the finished invocation stays readable: `run.sh` and `progress` are
+    kept only as empty files, for their inodes.
 
-    Returns True when `spare` now holds an empty directory ready for `prepare`.
+    Returns True when `spare` now holds an emptied directory ready for `prepare`.
     """
     try:
         names = os.listdir(inv_dir)
-        if not _REMOVED_FILES.issuperset(set(names) - {"run.sh"}):
+        if not _REMOVED_FILES.issuperset(set(names).difference(_KEPT_FILES)):
             raise IsADirectoryError("unexpected files")  # not ours to reuse
         for name in names:
-            if name != "run.sh":
+            if name in _KEPT_FILES:
+                # Keep the inode, not the finished invocation's scripts, environment
+                # or exit codes.
+                os.truncate(inv_dir / name, 0)
+            else:
                 os.unlink(inv_dir / name)
-        if "run.sh" in names:
-            # Keep the inode, not the finished invocation's scripts and environment.
-            os.truncate(inv_dir / "run.sh", 0)
         os.rename(inv_dir, spare)
     except OSError:
         shutil.rmtree(inv_dir, ignore_errors=True)

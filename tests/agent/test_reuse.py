@@ -46,25 +46,28 @@ def test_damaged_invoke_record_is_refused(tmp_path: Path, content: bytes) -> Non
         worker.read_invoke(inv_dir)
 
 
-def test_recycle_keeps_only_the_directory_and_wrapper(tmp_path: Path) -> None:
+def test_recycle_keeps_only_the_directory_wrapper_and_progress_emptied(tmp_path: Path) -> None:
     inv_dir = tmp_path / "done"
     worker.prepare(inv_dir, INVOKE)
     for name in ("stdout", "stderr", "progress", "kill", "result.json"):
         (inv_dir / name).write_text("old\n")
-    run_sh = (inv_dir / "run.sh").stat().st_ino
+    inodes = {name: (inv_dir / name).stat().st_ino for name in ("run.sh", "progress")}
     spare = tmp_path / "spare"
     assert worker.recycle(inv_dir, spare)
     assert not inv_dir.exists()
-    assert sorted(os.listdir(spare)) == ["run.sh"]
-    assert (spare / "run.sh").read_bytes() == b""  # no script or environment kept after ack
+    assert sorted(os.listdir(spare)) == ["progress", "run.sh"]
+    # No script, environment or exit code kept after the ack.
+    assert (spare / "run.sh").read_bytes() == b""
+    assert (spare / "progress").read_bytes() == b""
 
     again = tmp_path / "next"
     invoke = Invoke("next", [Step("s", "echo next")])
     worker.prepare(again, invoke, spare)
     assert not spare.exists()
-    assert sorted(os.listdir(again)) == ["run.sh"]
-    assert (again / "run.sh").stat().st_ino == run_sh
+    assert sorted(os.listdir(again)) == ["progress", "run.sh"]
+    assert {name: (again / name).stat().st_ino for name in inodes} == inodes
     assert worker.read_invoke(again) == invoke
+    assert worker.read_progress(again) == worker.Progress({}, {}, False, None)
 
 
 def test_recycle_removes_a_directory_with_unexpected_files(tmp_path: Path) -> None:
