@@ -60,9 +60,20 @@ def proc_status(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) of a process, or of its reaped descendants."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    total = sum(ticks[:8])  # guest time is already counted in user
+    hz = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / hz, total / hz
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -296,12 +307,22 @@ async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     results: dict[str, Any] = {}
-    floors = [await floor(args.swarm) for _ in range(args.repeat)]
+    floors, floor_cpu = [], []
+    for _ in range(args.repeat):
+        busy_before = machine_cpu()[0]
+        floors.append(await floor(args.swarm))
+        floor_cpu.append(machine_cpu()[0] - busy_before)
     floor_s = statistics.median(floors)
     results["floor_s"] = floors
+    results["floor_machine_busy_cpu_s"] = floor_cpu
     print(
         f"(a) floor: {args.swarm} echo spawned from asyncio, concurrency 50: "
         f"median {floor_s:.3f} s of {_runs(floors)}"
+        + (
+            f" ({statistics.median(floor_cpu) / args.swarm * 1000:.2f} ms of CPU per echo)"
+            if args.swarm
+            else ""
+        )
     )
 
     root = Path(tempfile.mkdtemp(prefix="corral-bench-"))
@@ -319,10 +340,20 @@ async def main() -> None:
                     # Agents remove acknowledged invocations' files once idle (5 s by
                     # default); let that finish so it is not counted in the next run.
                     await asyncio.sleep(args.settle_seconds)
-                cpu_before = cpu_seconds(bench.server.pid), cpu_seconds(swarm_pid)
+                before = (
+                    cpu_seconds(bench.server.pid),
+                    cpu_seconds(swarm_pid),
+                    cpu_seconds(swarm_pid, children=True),
+                    machine_cpu(),
+                )
                 run = await bench.fan_out("swarm")
-                run["server_cpu_s"] = cpu_seconds(bench.server.pid) - cpu_before[0]
-                run["swarm_cpu_s"] = cpu_seconds(swarm_pid) - cpu_before[1]
+                busy, total = machine_cpu()
+                run["server_cpu_s"] = cpu_seconds(bench.server.pid) - before[0]
+                run["swarm_cpu_s"] = cpu_seconds(swarm_pid) - before[1]
+                # The workers' CPU: the swarm reaps them (bash and its subshells).
+                run["workers_cpu_s"] = cpu_seconds(swarm_pid, children=True) - before[2]
+                run["machine_busy_cpu_s"] = busy - before[3][0]
+                run["machine_busy_percent"] = 100 * (busy - before[3][0]) / (total - before[3][1])
                 runs.append(run)
             results["swarm"] = runs
             swarm = _median_run(runs)
@@ -330,9 +361,21 @@ async def main() -> None:
                 f"(b) swarm N={swarm['count']:.0f} in one process: median {swarm['total_s']:.3f} s "
                 f"of {_runs([r['total_s'] for r in runs])} (accepted -> last result stored), "
                 f"{swarm['total_s'] / floor_s:.2f}x the floor; per invocation p50 "
-                f"{swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms; CPU during that "
-                f"fan-out: server {swarm['server_cpu_s']:.2f} s, swarm process "
-                f"{swarm['swarm_cpu_s']:.2f} s"
+                f"{swarm['p50_ms']:.1f} ms, p95 {swarm['p95_ms']:.1f} ms"
+            )
+            other = (
+                swarm["machine_busy_cpu_s"]
+                - swarm["server_cpu_s"]
+                - swarm["swarm_cpu_s"]
+                - swarm["workers_cpu_s"]
+            )
+            print(
+                f"    CPU during that fan-out: server {swarm['server_cpu_s']:.2f} s, swarm "
+                f"process {swarm['swarm_cpu_s']:.2f} s, its workers "
+                f"{swarm['workers_cpu_s']:.2f} s, everything else {max(other, 0.0):.2f} s; "
+                f"the machine was {swarm['machine_busy_percent']:.0f} % busy "
+                f"({swarm['machine_busy_cpu_s'] / swarm['count'] * 1000:.2f} ms of CPU "
+                f"per invocation)"
             )
         if args.real:
             states = await bench.register(args.real, "real")
