@@ -25,6 +25,7 @@ class _Pair:
     upstream: socket.socket
     counts: dict[str, int] = field(default_factory=lambda: {UP: 0, DOWN: 0})
     released: threading.Event = field(default_factory=threading.Event)
+    pumping: int = 2  # directions still being forwarded
 
     def close(self) -> None:
         for sock in (self.client, self.upstream):
@@ -79,15 +80,17 @@ class Relay:
 
     def cut(self) -> None:
         """Close every connection now (each side sees its peer reset)."""
-        for pair in list(self._pairs):
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
             self.cuts += 1
             pair.close()
             pair.released.set()
-        self._pairs.clear()
 
     def refuse(self, refusing: bool = True) -> None:
         """While refusing, a new connection is closed as soon as it is accepted."""
-        self._refusing = refusing
+        with self._lock:
+            self._refusing = refusing
 
     def outage(self) -> None:
         """The network is down: cut every connection and refuse new ones (until `restore`)."""
@@ -100,10 +103,14 @@ class Relay:
 
     def close(self) -> None:
         """Stop accepting and close every connection."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            pairs, self._pairs = self._pairs, []
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         with contextlib.suppress(OSError):
             self._listener.close()
-        for pair in list(self._pairs):
+        for pair in pairs:
             pair.close()
             pair.released.set()
 
@@ -113,7 +120,7 @@ class Relay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            if self._refusing:
+            if self._refusing:  # the server never sees a connection made during an outage
                 with contextlib.suppress(OSError):
                     client.shutdown(socket.SHUT_RDWR)
                 client.close()
@@ -124,7 +131,15 @@ class Relay:
                 client.close()
                 continue
             pair = _Pair(client, upstream)
-            self._pairs.append(pair)
+            with self._lock:
+                # Decided under the lock, so a connection accepted while `cut`, `outage`
+                # or `close` runs is either refused here or closed by them: none escapes.
+                admitted = not (self._refusing or self._closed)
+                if admitted:
+                    self._pairs.append(pair)
+            if not admitted:
+                pair.close()
+                continue
             threading.Thread(target=self._pump, args=(pair, UP), daemon=True).start()
             threading.Thread(target=self._pump, args=(pair, DOWN), daemon=True).start()
 
@@ -140,10 +155,12 @@ class Relay:
             if not data:
                 with contextlib.suppress(OSError):
                     sink.shutdown(socket.SHUT_WR)
+                self._finished(pair)
                 return
             try:
                 sink.sendall(data)
             except OSError:
+                self._finished(pair)
                 return
             pair.counts[direction] += len(data)
             with self._lock:
@@ -167,3 +184,13 @@ class Relay:
                 self.cuts += 1
                 pair.close()
                 return
+
+    def _finished(self, pair: _Pair) -> None:
+        """One direction of `pair` is done; once both are, its sockets are closed."""
+        with self._lock:
+            pair.pumping -= 1
+            done = pair.pumping == 0
+            if done and pair in self._pairs:
+                self._pairs.remove(pair)
+        if done:
+            pair.close()

@@ -109,6 +109,8 @@ async def test_only_the_sessions_target_is_opened_and_frames_pass_once_the_agent
         assert await frame(ends.operator) == streams.EofFrame(1, 7)
         await send(ends.operator, streams.EofFrame(1, 5), streams.ExitFrame(0))
         assert await frame(ends.agent) == streams.EofFrame(1, 5)
+        # The node is told the session ended only once the outcome is stored.
+        assert isinstance(await frame(ends.agent), streams.ExitFrame)
         async with live.client() as client:
             record = (await client.get(f"/api/v1/sessions/{ends.session_id}")).json()
     assert (record["status"], record["reason"]) == ("Terminated", "the operator closed the session")
