@@ -6,6 +6,7 @@ standing in for the network (cut mid-flow, refused for a while, restored)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -191,6 +192,8 @@ class DigestServer:
             conn.sendall(f"{size} {digest.hexdigest()}\n".encode() + reply_for(size))
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self.listener.close()
 
 
