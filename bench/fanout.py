@@ -9,7 +9,10 @@
    per-invocation latency (dispatched -> result stored);
 3. the same with M real `corral agent run` processes;
 4. the server's peak RSS; one idle real agent's RSS and CPU, beside a bare
-   `python -c 'import asyncio, ssl'`.
+   `python -c 'import asyncio, ssl'`;
+5. what a worker's spawn costs from a process holding as many descriptors as the
+   swarm does, beside one holding as many as a real agent does: the part of the
+   swarm's worker CPU that hosting N agents in one process adds.
 """
 
 from __future__ import annotations
@@ -95,6 +98,41 @@ async def floor(count: int, concurrency: int = 50) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(count)))
     return time.perf_counter() - start
+
+
+SPAWN_PROBE = """
+import os, resource, socket, sys
+fds, count, bash = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+while len(os.listdir("/proc/self/fd")) < fds:
+    held.extend(socket.socketpair())
+def cpu():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+argv = [bash, "--noprofile", "--norc", "-c", ":"]
+before = cpu()
+for _ in range(count):
+    pid = os.posix_spawn(bash, argv, dict(os.environ), setsid=True)
+    os.waitpid(pid, 0)
+print((cpu() - before) / count)
+"""
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def spawn_cpu(descriptors: int, count: int = 300) -> float:
+    """CPU seconds per posix_spawn of `bash -c :` (the worker's own exec) and its run,
+    from a process holding `descriptors` open descriptors (sockets, close-on-exec)."""
+    bash = shutil.which("bash") or "/bin/bash"
+    out = subprocess.run(
+        [PYTHON, "-c", SPAWN_PROBE, str(descriptors), str(count), bash],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout)
 
 
 class Bench:
@@ -334,6 +372,7 @@ async def main() -> None:
             states = await bench.register(args.swarm, "swarm")
             swarm_pid = bench.start_swarm(states)
             await bench.wait_online("swarm", args.swarm)
+            results["swarm_descriptors"] = open_descriptors(swarm_pid)
             runs = []
             for attempt in range(args.repeat):
                 if attempt:
@@ -400,6 +439,7 @@ async def main() -> None:
         (idle_state,) = await bench.register(1, "idle")
         (idle_pid,) = bench.start_process_agents([idle_state])
         await bench.wait_online("idle", 1)
+        results["agent_descriptors"] = open_descriptors(idle_pid)
         await asyncio.sleep(2)  # let start-up work settle
         cpu_before, wall_before = cpu_seconds(idle_pid), time.monotonic()
         await asyncio.sleep(args.idle_seconds)
@@ -417,6 +457,20 @@ async def main() -> None:
             print(f"working directory kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    if "swarm_descriptors" in results:
+        few, many = results["agent_descriptors"], results["swarm_descriptors"]
+        costs: dict[int, list[float]] = {few: [], many: []}
+        for _ in range(max(3, args.repeat)):  # alternated: the machine's noise hits both
+            for fds in (few, many):
+                costs[fds].append(spawn_cpu(fds) * 1000)
+        results["spawn_cpu_ms"] = {"agent": costs[few], "swarm": costs[many]}
+        agent_ms, swarm_ms = statistics.median(costs[few]), statistics.median(costs[many])
+        print(
+            f"(d) a worker's spawn (`bash -c :`): {agent_ms:.2f} ms of CPU from a process "
+            f"holding {few} descriptors (a real agent), {swarm_ms:.2f} ms holding {many} "
+            f"(the swarm): hosting {args.swarm} agents in one process adds "
+            f"{swarm_ms - agent_ms:.2f} ms per invocation"
+        )
     if args.json:
         print(json.dumps(results, indent=2))
 
