@@ -65,7 +65,8 @@ def stop_process(process: subprocess.Popen[bytes] | None, sig: int, timeout: flo
 
 
 def _unverified() -> ssl.SSLContext:
-    """A TLS context that accepts any certificate: only for polling /healthz."""
+    """A TLS context that accepts any certificate: only for polling /healthz and the
+    nodes' status (the tests of TLS itself go through the CLI and the agent)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -155,6 +156,16 @@ class Server:
         except OSError:
             return False
 
+    def api_get(self, path: str) -> Any:
+        """GET an API path as the admin, straight over HTTP: for polling, where a CLI
+        process per poll (about a second to start) would set the pace."""
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        context = _unverified() if self.tls else None
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return json.load(response)
+
     def log(self) -> str:
         """The server's log so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -212,6 +223,16 @@ class Agent:
         ca_fingerprint: str | None = None,
     ) -> str:
         """`corral agent register` with the given activation; returns the node id."""
+        return self.registered(self.start_register(activation_id, code, tags, ca_fingerprint))
+
+    def start_register(
+        self,
+        activation_id: str,
+        code: str,
+        tags: Sequence[str] = (),
+        ca_fingerprint: str | None = None,
+    ) -> subprocess.Popen[str]:
+        """Start `corral agent register` (see `registered`), so several run at once."""
         args = [
             PYTHON, "-m", "corral", "agent", "register", "--server", self.server.url,
             "--activation-id", activation_id, "--activation-code", code,
@@ -221,10 +242,16 @@ class Agent:
             args += ["--ca-fingerprint", ca_fingerprint]
         for tag in tags:
             args += ["--tag", tag]
-        done = subprocess.run(args, capture_output=True, text=True, env=base_env(), check=False)
-        if done.returncode != 0:
-            raise AssertionError(f"register failed ({done.returncode}): {done.stderr}")
-        self.node_id = json.loads(done.stdout)["node_id"]
+        return subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env()
+        )
+
+    def registered(self, process: subprocess.Popen[str]) -> str:
+        """Wait for a `start_register` process; returns the node id."""
+        stdout, stderr = process.communicate(timeout=60)
+        if process.returncode != 0:
+            raise AssertionError(f"register failed ({process.returncode}): {stderr}")
+        self.node_id = json.loads(stdout)["node_id"]
         return self.node_id
 
     def start(self) -> None:
@@ -272,18 +299,30 @@ class Fleet:
         )
         added = []
         for _ in range(count):
-            index = len(self.agents)
-            agent = Agent(
-                self.server, self.root / f"agent-{index}", self.root / f"agent-{index}.log"
+            index = len(self.agents) + len(added)
+            added.append(
+                Agent(self.server, self.root / f"agent-{index}", self.root / f"agent-{index}.log")
             )
-            agent.register(
+        # Registered side by side (each is a CLI process that takes about a second to start).
+        registering = [
+            agent.start_register(
                 activation["activation_id"],
                 activation["activation_code"],
                 tags,
                 activation.get("ca_fingerprint"),
             )
+            for agent in added
+        ]
+        try:
+            for agent, process in zip(added, registering, strict=True):
+                agent.registered(process)
+        finally:
+            for process in registering:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        for agent in added:
             self.agents.append(agent)
-            added.append(agent)
             if start:
                 agent.start()
         if start:
@@ -292,7 +331,7 @@ class Fleet:
 
     def online(self) -> set[str]:
         """Node ids the server reports Online."""
-        nodes = self.server.cli_json("nodes", "list")
+        nodes = self.server.api_get("/api/v1/nodes")
         return {n["node_id"] for n in nodes if n["ping_status"] == "Online"}
 
     def wait_online(self, node_ids: Sequence[str], timeout: float = 20.0) -> None:
